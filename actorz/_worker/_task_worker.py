@@ -1,0 +1,110 @@
+"""Task worker: runs remote functions pulled from the broker's task queue.
+
+The broker hands a worker at most ``WORKER_CREDIT`` tasks at a time and counts its
+results as returned credit (the load-balancing pattern). Synchronous functions run one
+at a time on the worker's event loop (and may block on ``actorz.get``); ``async def``
+functions run concurrently on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from typing import Any
+
+from actorz import _protocol as P
+from actorz import _serialization as S
+from actorz._client import Client
+from actorz._logging import current_task
+
+_get_running_loop = asyncio._get_running_loop
+
+
+class TaskWorker:
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self._fns: dict[bytes, tuple[Any, str, bool]] = {}
+        self._queue: deque[tuple[bytes, int, Any, Any]] = deque()
+        self._scheduled = False
+        self._tasks: dict[tuple[bytes, int], asyncio.Task[Any]] = {}
+
+    def submit(self, src: bytes, call_id: int, payload: Any, bufs: Any) -> None:
+        self._queue.append((src, call_id, payload, bufs))
+        if not self._scheduled:
+            self._scheduled = True
+            if _get_running_loop() is self.loop:
+                self.loop.call_soon(self._run)
+            else:
+                self.loop.call_soon_threadsafe(self._run)
+
+    def cancel(self, src: bytes, call_id: int) -> None:
+        if _get_running_loop() is self.loop:
+            self._cancel(src, call_id)
+        else:
+            self.loop.call_soon_threadsafe(self._cancel, src, call_id)
+
+    def _cancel(self, src: bytes, call_id: int) -> None:
+        task = self._tasks.get((src, call_id))
+        if task is not None:
+            task.cancel()
+            return
+        for i, (s, c, _, _) in enumerate(self._queue):
+            if s == src and c == call_id:
+                del self._queue[i]
+                self.client.reply_fail(src, call_id, "TaskCancelledError",
+                                       "the task was cancelled before it started")
+                return
+
+    def _function(self, fn_id: bytes, definition: Any) -> tuple[Any, str, bool]:
+        entry = self._fns.get(fn_id)
+        if entry is None:
+            fn, name = S.loads(definition)
+            entry = self._fns[fn_id] = (fn, name, asyncio.iscoroutinefunction(fn))
+        return entry
+
+    def _run(self) -> None:
+        self._scheduled = False
+        client = self.client
+        queue = self._queue
+        while queue:
+            src, call_id, payload, bufs = queue.popleft()
+            name = "task"
+            token = None
+            try:
+                fn_id, definition, data = P.decode_task(payload)
+                fn, name, is_async = self._function(fn_id, definition)
+                args, kwargs = S.loads(data, bufs)
+                token = current_task.set((src.hex(), name))
+                if is_async:
+                    task = self.loop.create_task(fn(*args, **(kwargs or {})))
+                    key = (src, call_id)
+                    self._tasks[key] = task
+                    task.add_done_callback(functools.partial(self._done, key, name))
+                    continue
+                # A synchronous task may block on actorz.get: it owns the loop meanwhile.
+                client.forbidden_loop = None
+                try:
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                finally:
+                    client.forbidden_loop = self.loop
+            except Exception as exc:
+                client.reply_error(src, call_id, exc, name)
+            else:
+                client.reply(src, call_id, result)
+            finally:
+                if token is not None:
+                    current_task.reset(token)
+
+    def _done(self, key: tuple[bytes, int], name: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(key, None)
+        src, call_id = key
+        if task.cancelled():
+            self.client.reply_fail(src, call_id, "TaskCancelledError", f"{name} was cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.client.reply_error(src, call_id, exc, name)
+        else:
+            self.client.reply(src, call_id, task.result())

@@ -52,12 +52,20 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     try:
         data = _dumps(obj, 5, buffer_callback=bufs.append)
         if b"__main__" not in data:
-            return data, bufs
+            return data, [_snapshot(b) for b in bufs] if bufs else bufs
     except Exception:
         pass
     bufs = []
     data = cloudpickle.dumps(obj, 5, buffer_callback=bufs.append)
-    return data, bufs
+    return data, [_snapshot(b) for b in bufs] if bufs else bufs
+
+
+def _snapshot(buf: pickle.PickleBuffer) -> Any:
+    """A buffer as it is now. Immutable ones (bytes) travel uncopied; a writable one (a
+    numpy array) is copied once, because the send happens later and the caller may
+    change the array meanwhile: a call's arguments are fixed when it is made."""
+    view = buf.raw()
+    return buf if view.readonly else view.tobytes()
 
 
 def loads(data: Any, buffers: Any = ()) -> Any:

@@ -31,6 +31,7 @@ class AsyncDispatcher(Dispatcher):
         self._queue: deque[tuple[bytes, int, Any, Any]] = deque()
         self._running = 0
         self._scheduled = False
+        self._inline = False
         self._tasks: dict[tuple[bytes, int], asyncio.Task[Any]] = {}
 
     def start(self, instance: Any) -> None:
@@ -47,8 +48,18 @@ class AsyncDispatcher(Dispatcher):
 
     def submit(self, src: bytes, call_id: int, payload: Any, bufs: Any) -> None:
         self._queue.append((src, call_id, payload, bufs))
-        if self.instance is not None:
+        if self.instance is None or self._scheduled:
+            return
+        if self.client._deferring and _get_running_loop() is self.loop:
+            self._inline = True  # the reader callback runs us when its drain is done
+        else:
             self._schedule()
+
+    def drained(self) -> None:
+        """``Client.on_drained``: start what the drain just delivered, in the same turn."""
+        if self._inline:
+            self._inline = False
+            self._run()
 
     def cancel(self, src: bytes, call_id: int) -> None:
         if _get_running_loop() is self.loop:

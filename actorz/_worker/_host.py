@@ -56,6 +56,7 @@ def _run_task_worker(client: Client, info: dict[str, Any]) -> None:
     worker = TaskWorker(client, loop)
     client.on_task = worker.submit
     client.on_cancel = worker.cancel
+    client.on_drained = worker.drained
     client.namespace = "default"  # type: ignore[attr-defined]
     client.send_item(P.BROKER, P.item(P.CONTROL, 0, P.encode_json(
         {"op": "hello", "role": "worker", "pid": os.getpid(), "node": info.get("node")})),
@@ -119,6 +120,7 @@ def _run_async_actor(client: Client, meta: dict[str, Any], bufs: Any, class_name
     asyncio.set_event_loop(loop)
     dispatcher = AsyncDispatcher(client, loop, max_concurrency, class_name)
     _take_over(client, dispatcher, early)
+    client.on_drained = dispatcher.drained
     _attach(client, loop)
 
     async def boot() -> None:

@@ -28,11 +28,16 @@ class TaskWorker:
         self._fns: dict[bytes, tuple[Any, str, bool]] = {}
         self._queue: deque[tuple[bytes, int, Any, Any]] = deque()
         self._scheduled = False
+        self._inline = False
         self._tasks: dict[tuple[bytes, int], asyncio.Task[Any]] = {}
 
     def submit(self, src: bytes, call_id: int, payload: Any, bufs: Any) -> None:
         self._queue.append((src, call_id, payload, bufs))
-        if not self._scheduled:
+        if self._scheduled:
+            return
+        if self.client._deferring and _get_running_loop() is self.loop:
+            self._inline = True  # the reader callback runs us when its drain is done
+        else:
             self._scheduled = True
             if _get_running_loop() is self.loop:
                 self.loop.call_soon(self._run)
@@ -56,6 +61,12 @@ class TaskWorker:
                 self.client.reply_fail(src, call_id, "TaskCancelledError",
                                        "the task was cancelled before it started")
                 return
+
+    def drained(self) -> None:
+        """``Client.on_drained``: run what the drain just delivered, in the same turn."""
+        if self._inline:
+            self._inline = False
+            self._run()
 
     def _function(self, fn_id: bytes, definition: Any) -> tuple[Any, str, bool]:
         entry = self._fns.get(fn_id)

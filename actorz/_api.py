@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import atexit
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any, TypeVar
 
+import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from actorz import _context
@@ -26,6 +31,8 @@ T = TypeVar("T")
 
 #: How long ``init`` waits for a broker (and, embedded, its first node) to answer.
 CONNECT_TIMEOUT_S = 30.0
+#: How long ``shutdown`` waits for the output still on its way from the nodes.
+LOG_FLUSH_TIMEOUT_S = 2.0
 
 _init_lock = threading.RLock()
 _cluster: _EmbeddedCluster | None = None
@@ -71,6 +78,7 @@ def init(
     num_workers: int | None = None,
     num_cpus: int | None = None,
     namespace: str | None = None,
+    pickle_by_value: Sequence[ModuleType] = (),
     ignore_reinit_error: bool = False,
 ) -> None:
     """Connect this program to an actorz cluster.
@@ -86,6 +94,8 @@ def init(
         num_workers: task-worker processes of the embedded cluster (default: CPU count).
         num_cpus: accepted for Ray compatibility; used as ``num_workers`` if that is unset.
         namespace: where this program's named actors live (default ``"default"``).
+        pickle_by_value: modules of this program to ship by value (cloudpickle) with the
+            classes and functions defined in them, for nodes where they are not installed.
         ignore_reinit_error: make a second ``init()`` a no-op instead of an error.
     """
     global _cluster
@@ -103,6 +113,7 @@ def init(
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
         if namespace is not None and (not isinstance(namespace, str) or not namespace):
             raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+        by_value = _check_modules(pickle_by_value)
         address = address or os.environ.get("ACTORZ_ADDRESS") or None
         cluster = None
         if address is None:
@@ -110,6 +121,7 @@ def init(
             address = cluster.address
         else:
             address = check_address(address)
+        _register_by_value(by_value)
         ctx = zmq.Context()
         client = Client(ctx, address, P.new_id(P.DRIVER))
         client.namespace = namespace or "default"  # type: ignore[attr-defined]
@@ -118,7 +130,8 @@ def init(
             client.on_log = DriverLogSink()
         try:
             p = client.request("hello", role="driver", pid=os.getpid(),
-                               wait_nodes=1 if cluster else 0, namespace=client.namespace)  # type: ignore[attr-defined]
+                               host=socket.gethostname(), wait_nodes=1 if cluster else 0,
+                               namespace=client.namespace)  # type: ignore[attr-defined]
             if not client.wait(lambda: p.state != PENDING, CONNECT_TIMEOUT_S):
                 raise ActorzError(
                     f"no actorz broker answered at {address} within {CONNECT_TIMEOUT_S:.0f}s; "
@@ -131,6 +144,7 @@ def init(
             ctx.term()
             if cluster is not None:
                 cluster.stop()
+            _unregister_by_value()
             raise
         client.start_watcher(heartbeat=True)
         _cluster = cluster
@@ -166,6 +180,11 @@ def shutdown() -> None:
             return
         _context.set_client(None)
         cluster, _cluster = _cluster, None
+        with contextlib.suppress(ActorzError):  # the broker is gone: nothing to wait for
+            # Lines printed before the last replies arrived are still on their way
+            # (through the nodes): wait for them, briefly, before saying goodbye.
+            flushed = client.request("flush_logs")
+            client.wait(lambda: flushed.state != PENDING, LOG_FLUSH_TIMEOUT_S)
         try:
             client.send_item(P.BROKER, P.control("bye"), flush=True)
         except Exception:
@@ -174,6 +193,38 @@ def shutdown() -> None:
         client.ctx.term()
         if cluster is not None:
             cluster.stop()
+        _unregister_by_value()
+
+
+_by_value: list[str] = []
+
+
+def _check_modules(modules: Sequence[ModuleType]) -> list[ModuleType]:
+    if isinstance(modules, ModuleType):
+        modules = [modules]
+    mods = list(modules or ())
+    for m in mods:
+        if not isinstance(m, ModuleType):
+            raise TypeError(
+                f"pickle_by_value takes imported modules, e.g. pickle_by_value=[mymodule]; got "
+                f"{type(m).__name__}: {m!r}")
+    return mods
+
+
+def _register_by_value(modules: list[ModuleType]) -> None:
+    # Registered for this session only; already registered modules are left as they are.
+    known = cloudpickle.list_registry_pickle_by_value()
+    for m in modules:
+        if m.__name__ not in known:
+            cloudpickle.register_pickle_by_value(m)
+            _by_value.append(m.__name__)
+
+
+def _unregister_by_value() -> None:
+    while _by_value:
+        name = _by_value.pop()
+        if name in cloudpickle.list_registry_pickle_by_value():
+            cloudpickle.unregister_pickle_by_value(ModuleType(name))
 
 
 atexit.register(shutdown)
@@ -239,6 +290,9 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
             f"actorz.get() timed out after {timeout}s with {n - cursor} of {n} value(s) "
             "not ready; the calls go on"
         )
+    for p in pendings:  # fail fast: the first failed ref in list order, finished or not
+        if p.state == 2:
+            raise p.exception()
     values = [p.result() for p in pendings]
     return values[0] if single else values
 
@@ -263,19 +317,19 @@ def wait(refs: list[ObjectRef[Any]], *, num_returns: int = 1, timeout: float | N
                 f"actorz.wait() takes a list of ObjectRefs; the list holds a "
                 f"{type(r).__name__}: {r!r}"
             )
+    _check_timeout(timeout)
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
         raise ValueError("actorz.wait() requires a list of unique refs; this one has duplicates")
-    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns < 0:
-        raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+    if not isinstance(num_returns, int) or isinstance(num_returns, bool) or num_returns <= 0:
+        raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(
             f"num_returns ({num_returns}) cannot be greater than the number of refs "
             f"({len(refs)}) passed to actorz.wait()"
         )
-    _check_timeout(timeout)
     refs = list(refs)
-    if not refs:
-        return [], []
     client = _context.current()
     _check_blocking(client, "wait")
     pendings = [r._pending() for r in refs]
@@ -309,8 +363,9 @@ def cancel(ref: ObjectRef[Any], *, force: bool = False, recursive: bool = True) 
 
     The caller then gets ``TaskCancelledError`` from the ref. A call that already finished
     keeps its result. A running call of a threaded actor or a synchronous task cannot be
-    interrupted and runs to the end. ``force`` is accepted for Ray compatibility and
-    refused for actor calls, as in Ray.
+    interrupted and runs to the end. Cancelling is recursive, as in Ray: a ref that the
+    cancelled coroutine (or a task it spawned) is awaiting is cancelled too. ``force`` is
+    accepted for Ray compatibility and refused for actor calls, as in Ray.
     """
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"actorz.cancel() takes an ObjectRef, got {type(ref).__name__}")

@@ -11,6 +11,7 @@ the message, and ``NOBLOCK`` turns a peer at its high-water mark into a per-peer
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -33,6 +34,10 @@ PEER_TIMEOUT_S = 5.0
 MAX_BACKLOG = 100_000
 #: Dead actors remembered (to answer late calls with the reason they died).
 MAX_DEAD = 10_000
+#: A waiting driver starts this long after a node joined, even if a worker is missing.
+WORKERS_READY_S = 5.0
+#: How long a leaving driver's log flush waits for a node that does not answer.
+FLUSH_TIMEOUT_S = 1.0
 
 PENDING, ALIVE, DEAD = "pending", "alive", "dead"
 _RESULT_KINDS = P.RESULT_KINDS
@@ -41,9 +46,9 @@ _HSIZE = P.HEADER_SIZE
 
 
 class ActorRecord:
-    __slots__ = ("id", "class_name", "methods", "name", "namespace", "owner", "node", "state",
-                 "reason", "spec", "meta", "buffered", "peers", "pid", "detached", "resources",
-                 "created")
+    __slots__ = ("buffered", "class_name", "created", "detached", "id", "log_to", "meta",
+                 "methods", "name", "namespace", "node", "owner", "peers", "pid", "reason",
+                 "resources", "spec", "state")
 
     def __init__(self, actor_id: bytes, owner: bytes, meta: dict[str, Any], spec: list[Any]) -> None:
         self.id = actor_id
@@ -63,16 +68,20 @@ class ActorRecord:
         self.peers: set[bytes] = {owner}
         self.pid = 0
         self.created = time.time()
+        #: The driver its output goes to (its creator's driver, for an actor made by an actor).
+        self.log_to = owner
 
 
 class NodeRecord:
-    __slots__ = ("id", "name", "host", "pid", "resources", "available", "actors", "workers",
-                 "last_seen", "num_workers")
+    __slots__ = ("actors", "available", "host", "id", "ip", "last_seen", "name", "num_workers",
+                 "pid", "resources", "since", "workers")
 
     def __init__(self, node_id: bytes, msg: dict[str, Any]) -> None:
         self.id = node_id
         self.name: str = msg.get("name") or node_id.hex()[:8]
         self.host: str = msg.get("host", "?")
+        self.ip: str = msg.get("ip") or ""
+        self.since = time.time()
         self.pid: int = msg.get("pid", 0)
         self.resources: dict[str, float] = dict(msg.get("resources") or {})
         self.available = dict(self.resources)
@@ -83,7 +92,7 @@ class NodeRecord:
 
 
 class WorkerRecord:
-    __slots__ = ("id", "node", "pid", "credit", "inflight")
+    __slots__ = ("credit", "id", "inflight", "node", "pid")
 
     def __init__(self, worker_id: bytes, node: bytes | None, pid: int) -> None:
         self.id = worker_id
@@ -96,11 +105,18 @@ class WorkerRecord:
 class Broker:
     """Routes messages between endpoints; see the module docstring."""
 
-    def __init__(self, ctx: zmq.Context, binds: list[str], *, embedded: bool = False) -> None:
-        self.sock = router(ctx, binds)
-        self.binds = binds
+    def __init__(self, ctx: zmq.Context[Any], binds: list[str], *, embedded: bool = False) -> None:
+        self.sock = router(ctx, [])
+        try:
+            #: The bound endpoints, wildcard ports resolved (``tcp://127.0.0.1:*``).
+            self.binds = [_bind(self.sock, address) for address in binds]
+        except BaseException:
+            self.sock.close(0)
+            raise
         self.embedded = embedded
         self.actors: dict[bytes, ActorRecord] = {}
+        #: Non-detached actors by owner (driver, actor or task worker): stopped with it.
+        self.owned: dict[bytes, set[bytes]] = {}
         self.names: dict[tuple[str, str], bytes] = {}
         self.nodes: dict[bytes, NodeRecord] = {}
         self.workers: dict[bytes, WorkerRecord] = {}
@@ -109,6 +125,9 @@ class Broker:
         self.backlog: dict[bytes, deque[list[Any]]] = {}
         self.dead: OrderedDict[bytes, str] = OrderedDict()
         self.hello_waiters: list[tuple[bytes, int]] = []
+        #: Log flushes in progress: token -> (driver, call id, nodes yet to answer, deadline).
+        self.flushes: dict[int, tuple[bytes, int, set[bytes], float]] = {}
+        self._next_token = 0
         self.running = True
         self.started = time.time()
 
@@ -143,18 +162,20 @@ class Broker:
     def stop(self) -> None:
         self.running = False
 
-    def close(self) -> None:
-        self.sock.close(0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket; ``linger_ms`` lets the last notices (``stop`` to nodes) go out."""
+        self.sock.close(linger_ms)
 
     def _drain(self) -> None:
         recv = self.sock.recv_multipart
+        getsockopt = self.sock.getsockopt
         actors = self.actors
         workers = self.workers
         for _ in range(1000):
-            try:
-                frames = recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # EVENTS, not recv raising zmq.Again: that exception costs ~10 us in pyzmq.
+            if not getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
+            frames = recv(copy=False)
             if len(frames) < 3:
                 log.warning("dropped a malformed message of %d frames", len(frames))
                 continue
@@ -291,6 +312,11 @@ class Broker:
             self.dead.popitem(last=False)
         if rec.name is not None and self.names.get((rec.namespace, rec.name)) == rec.id:
             del self.names[(rec.namespace, rec.name)]
+        owned = self.owned.get(rec.owner)
+        if owned is not None:
+            owned.discard(rec.id)
+            if not owned:
+                del self.owned[rec.owner]
         node = self.nodes.get(rec.node) if rec.node else None
         if node is not None:
             node.actors.discard(rec.id)
@@ -304,6 +330,14 @@ class Broker:
         rec.spec = None
         for peer in rec.peers:
             self._notify(peer, "actor_died", actor=rec.id.hex(), reason=reason)
+        self._owner_gone(rec.id, f"its owner, actor {rec.class_name} ({rec.id.hex()}), died")
+
+    def _owner_gone(self, owner: bytes, why: str) -> None:
+        """Stop the non-detached actors ``owner`` created (Ray's fate sharing)."""
+        for aid in list(self.owned.pop(owner, ())):
+            rec = self.actors.get(aid)
+            if rec is not None:
+                self._actor_dead(rec, f"actor {rec.class_name} was stopped: {why}", kill=True)
 
     def _worker_dead(self, wid: bytes, reason: str) -> None:
         w = self.workers.pop(wid, None)
@@ -316,11 +350,15 @@ class Broker:
             self._reply_fail(caller, call_id, "WorkerCrashedError",
                              f"the task-worker process (pid {w.pid}) running this task died: "
                              f"{reason}")
+        self._owner_gone(wid, f"the task worker that created it (pid {w.pid}) died")
         if self.tasks:
             self._dispatch_tasks()
 
-    def _node_dead(self, node: NodeRecord, reason: str) -> None:
-        self.nodes.pop(node.id, None)
+    def _node_dead(self, node: NodeRecord, reason: str, level: int = logging.WARNING) -> None:
+        if self.nodes.pop(node.id, None) is None:
+            return
+        log.log(level, "node %s (%s, pid %d) left the cluster: %s", node.name, node.host,
+                node.pid, reason)
         for aid in list(node.actors):
             rec = self.actors.get(aid)
             if rec is not None:
@@ -328,15 +366,24 @@ class Broker:
                                       f"was lost: {reason}")
         for wid in list(node.workers):
             self._worker_dead(wid, f"its node {node.name} was lost")
+        for token in list(self.flushes):
+            self._flush_answered(token, node.id)
 
     def _driver_gone(self, driver: bytes, why: str) -> None:
-        if self.drivers.pop(driver, None) is None:
+        info = self.drivers.pop(driver, None)
+        if info is None:
             return
-        for rec in list(self.actors.values()):
-            if rec.owner == driver and not rec.detached:
-                self._actor_dead(rec, f"its owner (driver {driver.hex()}) {why}", kill=True)
+        log.info("driver %s (pid %s) %s", driver.hex(), info.get("pid"), why)
+        self._owner_gone(driver, f"its owner (driver {driver.hex()}, pid {info.get('pid')}) "
+                                 f"{why}")
 
     def _check_liveness(self, now: float) -> None:
+        if self.flushes:
+            self._expire_flushes(now)
+        if self.hello_waiters and any(now - n.last_seen < PEER_TIMEOUT_S
+                                      and time.time() - n.since > WORKERS_READY_S
+                                      for n in self.nodes.values()):
+            self._answer_hello_waiters()  # a worker that never came must not block a start
         for node in list(self.nodes.values()):
             if now - node.last_seen > PEER_TIMEOUT_S:
                 log.warning("node %s silent for %.0fs: lost", node.name, now - node.last_seen)
@@ -372,6 +419,8 @@ class Broker:
                 handler(src, call_id, msg, ibufs)
             elif kind == P.CANCEL:
                 self._cancel_task(src, call_id)
+            elif kind == P.LOG:
+                self._route_log(payload)
             elif call_id:
                 self._reply_fail(src, call_id, "ActorzError",
                                  f"the broker cannot answer a {P.KIND_NAMES.get(kind, kind)} item")
@@ -383,6 +432,11 @@ class Broker:
         node = self.nodes.get(src)
         if node is not None:
             node.last_seen = now
+        elif src[:1] == P.NODE:
+            # A node this broker does not know (it restarted, or declared the node lost):
+            # its actors are gone from the registry, so the node must not go on as if not.
+            self._notify(src, "unknown_node")
+            return
         driver = self.drivers.get(src)
         if driver is not None:
             driver["last_seen"] = now
@@ -392,9 +446,13 @@ class Broker:
         role = msg.get("role")
         if role == "driver":
             self.drivers[src] = {"last_seen": time.monotonic(), "pid": msg.get("pid"),
+                                 "host": msg.get("host"),
                                  "namespace": msg.get("namespace", "default"),
                                  "since": time.time()}
-            if msg.get("wait_nodes") and not self.nodes:
+            log.info("driver %s (pid %s%s) connected", src.hex(), msg.get("pid"),
+                     f" on {msg['host']}" if msg.get("host") else "")
+            if msg.get("wait_nodes") and not any(
+                    len(n.workers) >= n.num_workers for n in self.nodes.values()):
                 self.hello_waiters.append((src, call_id))
             else:
                 self._reply(src, call_id, ok=True, nodes=len(self.nodes))
@@ -417,21 +475,40 @@ class Broker:
             node = msg.get("node")
             node_id = bytes.fromhex(node) if node else None
             self.workers[src] = WorkerRecord(src, node_id, msg.get("pid", 0))
-            if node_id in self.nodes:
-                self.nodes[node_id].workers.add(src)
+            node = self.nodes.get(node_id) if node_id else None
+            if node is not None:
+                node.workers.add(src)
+                if self.hello_waiters and len(node.workers) >= node.num_workers:
+                    self._answer_hello_waiters()
             self._reply(src, call_id, ok=True)
             self._dispatch_tasks()
         elif role == "node":
-            self.nodes[src] = NodeRecord(src, msg)
-            self._reply(src, call_id, ok=True)
-            waiters, self.hello_waiters = self.hello_waiters, []
-            for driver, cid in waiters:
-                self._reply(driver, cid, ok=True, nodes=len(self.nodes))
+            node = self.nodes[src] = NodeRecord(src, msg)
+            log.info("node %s joined: host %s%s, pid %d, %d task workers, resources %s",
+                     node.name, node.host, f" ({node.ip})" if node.ip else "", node.pid,
+                     node.num_workers, node.resources)
+            self._reply(src, call_id, ok=True, broker_host=socket.gethostname())
+            if node.num_workers <= 0:
+                self._answer_hello_waiters()
         else:
             self._reply_fail(src, call_id, "ActorzError", f"unknown role {role!r}")
 
+    def _answer_hello_waiters(self) -> None:
+        # An embedded cluster's driver starts once a node is up with its task workers:
+        # tasks sent before the last worker registers would all queue on the first.
+        waiters, self.hello_waiters = self.hello_waiters, []
+        for driver, cid in waiters:
+            self._reply(driver, cid, ok=True, nodes=len(self.nodes))
+
     def _op_bye(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
-        self._driver_gone(src, "disconnected")
+        node = self.nodes.get(src)
+        if node is not None:
+            # A node stops after killing its children: their actors and tasks fail now.
+            reason = msg.get("reason")
+            self._node_dead(node, reason or "it stopped",
+                            logging.WARNING if reason else logging.INFO)
+        else:
+            self._driver_gone(src, "disconnected")
 
     def _op_create_actor(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
         actor_id = bytes.fromhex(msg["actor"])
@@ -444,7 +521,7 @@ class Broker:
                     self._reply(src, call_id, actor=existing.hex(), existing=True)
                 else:
                     self._reply_fail(
-                        src, call_id, "ValueError",
+                        src, call_id, "ActorNameTakenError",
                         f"an actor named {name!r} already exists in namespace {ns!r}; use "
                         f"actorz.get_actor({name!r}) or .options(name={name!r}, "
                         "get_if_exists=True)")
@@ -453,6 +530,7 @@ class Broker:
         node, missing = self._place(rec.resources)
         if node is None:
             reason = (f"cannot create actor {rec.class_name}: {missing}")
+            log.warning("%s", reason)
             self.dead[actor_id] = reason
             self._reply_fail(src, call_id, "ActorzError", reason)
             return
@@ -461,22 +539,35 @@ class Broker:
         for k, v in rec.resources.items():
             node.available[k] = node.available.get(k, 0) - v
         self.actors[actor_id] = rec
+        if not rec.detached:
+            self.owned.setdefault(src, set()).add(actor_id)
         if name is not None:
             self.names[(ns, name)] = actor_id
+        log_to_driver = msg.get("log_to_driver", True)
+        parent = self.actors.get(src)
+        if parent is not None:  # an actor's actor prints where its creator prints
+            log_to_driver = parent.meta.get("log_to_driver", True)
+        rec.log_to = self._log_target(src)
         self._notify(node.id, "spawn_actor", actor=actor_id.hex(), class_name=rec.class_name,
-                     owner=src.hex(), log_to_driver=msg.get("log_to_driver", True))
+                     owner=src.hex(), log_to=rec.log_to.hex(), log_to_driver=log_to_driver)
         self._reply(src, call_id, actor=actor_id.hex())
 
     def _place(self, resources: dict[str, float]) -> tuple[NodeRecord | None, str]:
+        """The least-loaded node (fewest actors) with ``resources`` available, or why none."""
         if not self.nodes:
             return None, "the cluster has no node to run it (start one with 'actorz node')"
-        fits = [n for n in self.nodes.values()
-                if all(n.available.get(k, 0) >= v for k, v in resources.items())]
-        if not fits:
-            have = "; ".join(f"{n.name}: {n.available}" for n in self.nodes.values())
-            return None, (f"no node has the resources it asks for ({resources}); "
-                          f"available: {have}")
-        return min(fits, key=lambda n: len(n.actors)), ""
+        best: NodeRecord | None = None
+        for n in self.nodes.values():
+            avail = n.available
+            for k, v in resources.items():
+                if avail.get(k, 0) < v:
+                    break
+            else:
+                if best is None or len(n.actors) < len(best.actors):
+                    best = n
+        if best is not None:
+            return best, ""
+        return None, _why_no_fit(resources, list(self.nodes.values()))
 
     def _op_kill_actor(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
         actor_id = bytes.fromhex(msg["actor"])
@@ -520,35 +611,109 @@ class Broker:
             self._actor_dead(rec, f"the process of actor {rec.class_name} (pid {rec.pid}) died: "
                                   f"{reason}")
 
+    # --- output of actors and tasks --------------------------------------------------
+
+    def _log_target(self, endpoint: bytes) -> bytes:
+        """The driver whose console shows what ``endpoint``'s work prints.
+
+        An actor's output goes to the driver that created it, or that created its creator;
+        a task's to its caller's. A task worker that creates an actor or calls a task
+        passes on its current caller's (the one it is running tasks for).
+        """
+        for _ in range(8):  # bounded: a chain of task workers calling tasks
+            role = endpoint[:1]
+            if role == P.ACTOR:
+                rec = self.actors.get(endpoint)
+                return rec.log_to if rec is not None else endpoint
+            if role != P.WORKER:
+                return endpoint
+            w = self.workers.get(endpoint)
+            if w is None or not w.inflight:
+                return endpoint
+            endpoint = next(iter(w.inflight))[0]
+        return endpoint
+
+    def _route_log(self, payload: Any) -> None:
+        # A node sends here the lines whose destination it cannot resolve itself
+        # (output of a task called by an actor or by another task): not a hot path.
+        msg = P.decode_json(payload)
+        dest = self._log_target(bytes.fromhex(msg.get("to", "")))
+        if dest[:1] == P.DRIVER and dest in self.drivers:
+            self._send(dest, P.item(P.LOG, 0, bytes(payload)))
+
+    def _op_flush_logs(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
+        """A driver about to leave asks every node to send the output it has read so far.
+
+        Each node reads its children's pipes and answers after the lines it sent; those
+        pass through here in order, so when the last node has answered, every line
+        printed before the driver's last reply arrived has been forwarded to it.
+        """
+        if not self.nodes:
+            self._reply(src, call_id, ok=True)
+            return
+        self._next_token += 1
+        token = self._next_token
+        self.flushes[token] = (src, call_id, set(self.nodes), time.monotonic() + FLUSH_TIMEOUT_S)
+        for node in self.nodes:
+            self._notify(node, "flush_logs", token=token)
+
+    def _op_logs_flushed(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
+        self._flush_answered(msg.get("token", 0), src)
+
+    def _flush_answered(self, token: int, node: bytes) -> None:
+        flush = self.flushes.get(token)
+        if flush is not None:
+            flush[2].discard(node)
+            if not flush[2]:
+                del self.flushes[token]
+                self._reply(flush[0], flush[1], ok=True)
+
+    def _expire_flushes(self, now: float) -> None:
+        for token, (driver, call_id, _, deadline) in list(self.flushes.items()):
+            if now > deadline:  # a node that does not answer must not hold a driver up
+                del self.flushes[token]
+                self._reply(driver, call_id, ok=False)
+
     def _op_status(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
         now = time.monotonic()
         self._reply(src, call_id, **self.status(now))
 
     def status(self, now: float) -> dict[str, Any]:
+        """The registry as plain data: what ``actorz status`` prints.
+
+        Per-actor calls in flight are not counted here: that would cost every forwarded
+        message a walk over its items (``inflight`` is ``None``; see DESIGN.md).
+        """
+        wall = time.time()
+        names = {n.id: n.name for n in self.nodes.values()}
         return {
             "broker": {"binds": self.binds, "pid": os.getpid(), "host": socket.gethostname(),
-                       "uptime_s": round(time.time() - self.started, 1)},
+                       "uptime_s": round(wall - self.started, 1)},
             "nodes": [
-                {"id": n.id.hex(), "name": n.name, "host": n.host, "pid": n.pid,
+                {"id": n.id.hex(), "name": n.name, "host": n.host, "ip": n.ip, "pid": n.pid,
                  "resources": n.resources, "available": n.available, "actors": len(n.actors),
-                 "workers": len(n.workers), "last_heartbeat_s": round(now - n.last_seen, 2)}
+                 "workers": len(n.workers), "last_heartbeat_s": round(now - n.last_seen, 2),
+                 "uptime_s": round(wall - n.since, 1)}
                 for n in self.nodes.values()
             ],
             "actors": [
                 {"id": r.id.hex(), "class_name": r.class_name, "name": r.name,
-                 "namespace": r.namespace, "node": (self.nodes[r.node].name
-                                                    if r.node in self.nodes else None),
+                 "namespace": r.namespace, "node": names.get(r.node) if r.node else None,
                  "pid": r.pid, "state": r.state, "detached": r.detached,
-                 "owner": r.owner.hex()}
+                 "owner": r.owner.hex(), "resources": r.resources, "inflight": None}
                 for r in self.actors.values()
             ],
             "workers": [
-                {"id": w.id.hex(), "pid": w.pid, "inflight": len(w.inflight)}
+                {"id": w.id.hex(), "node": names.get(w.node) if w.node else None, "pid": w.pid,
+                 "inflight": len(w.inflight)}
                 for w in self.workers.values()
             ],
             "task_queue": len(self.tasks),
             "drivers": [
-                {"id": d.hex(), "pid": info.get("pid"), "namespace": info.get("namespace")}
+                {"id": d.hex(), "pid": info.get("pid"), "host": info.get("host"),
+                 "namespace": info.get("namespace"),
+                 "connected_s": round(wall - info.get("since", wall), 1),
+                 "last_heartbeat_s": round(now - info["last_seen"], 2)}
                 for d, info in self.drivers.items()
             ],
         }
@@ -565,14 +730,21 @@ class Broker:
 
     def _dispatch_tasks(self) -> None:
         tasks = self.tasks
-        while tasks and self.workers:
+        if not tasks or not self.workers:
+            return
+        # A burst is shared out over the workers that have room (up to each one's credit):
+        # two blocking tasks sent together must run on two workers, not queue on one.
+        # Long bursts still go WORKER_CREDIT at a time, in one message per worker.
+        ready = sum(1 for w in self.workers.values() if w.credit > 0)
+        share = -(-len(tasks) // ready) if ready else 0
+        while tasks:
             w = max(self.workers.values(), key=_credit)
             if w.credit <= 0:
                 return
             caller = tasks[0][0]
             items: list[bytes] = []
             bufs: list[Any] = []
-            n = w.credit
+            n = min(w.credit, share)
             while tasks and len(items) < n and tasks[0][0] == caller:
                 _, item, ibufs = tasks.popleft()
                 items.append(item)
@@ -607,3 +779,68 @@ class Broker:
 
 def _credit(w: WorkerRecord) -> int:
     return w.credit
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def _why_no_fit(resources: dict[str, float], nodes: list[NodeRecord]) -> str:
+    """Name what is missing: which resource no node has enough of, and what there is."""
+    asked = ", ".join(f"{k}={_fmt(v)}" for k, v in resources.items())
+    missing = []
+    for k, v in resources.items():
+        most_free = max(n.available.get(k, 0) for n in nodes)
+        if most_free < v:
+            most_total = max(n.resources.get(k, 0) for n in nodes)
+            if most_total < v:
+                missing.append(f"{k}={_fmt(v)} (no node has that much {k}: the largest has "
+                               f"{_fmt(most_total)})")
+            else:
+                missing.append(f"{k}={_fmt(v)} (at most {_fmt(most_free)} of it is free now; "
+                               "other actors hold the rest)")
+    if not missing:
+        missing.append("all of them on one node (each is available, but on different nodes)")
+    have = "; ".join(
+        f"{n.name}: " + (", ".join(f"{k}={_fmt(v)}" for k, v in sorted(n.available.items()))
+                         or "nothing")
+        for n in nodes)
+    return (f"no node has the resources it asks for ({asked}): missing {'; '.join(missing)}. "
+            f"Free now: {have}. Start a node with them (actorz node --resources '{{...}}') or "
+            "ask for less")
+
+
+def _bind(sock: zmq.Socket[Any], address: str) -> str:
+    """Bind one address; return the endpoint as bound. Raises ``OSError`` saying why not."""
+    if address.startswith("ipc://"):
+        _check_ipc_free(address)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE,
+                          f"cannot bind the broker to {address}: the address is already in use "
+                          "(another actorz broker or another program listens there); stop it "
+                          "or choose another address") from None
+        raise OSError(exc.errno, f"cannot bind the broker to {address}: {exc}") from None
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+
+
+def _check_ipc_free(address: str) -> None:
+    # ZeroMQ silently unlinks an existing ipc socket file and takes the path over, which
+    # would cut a running broker off from everyone who joins later: refuse instead.
+    path = address[len("ipc://"):]
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return  # a stale file: nobody listens there
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE,
+                  f"cannot bind the broker to {address}: the address is already in use "
+                  "(another actorz broker listens there); stop it or choose another path")

@@ -204,7 +204,7 @@ class ActorClass(Generic[T]):
                 client._pending[p.call_id] = p
             client.send_item(P.BROKER, hdr + payload, frames, flush=True)
             client.wait(lambda: p.state != PENDING, None)
-            answer = p.result()
+            answer = p.result()  # raises ActorNameTakenError (a ValueError) for a taken name
             actor_id = bytes.fromhex(answer["actor"])
         else:
             hdr = P.header(P.CONTROL, 0, len(payload), len(frames))

@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "ActorDiedError",
+    "ActorNameTakenError",
     "ActorzError",
     "GetTimeoutError",
     "TaskCancelledError",
@@ -22,6 +23,14 @@ class ActorDiedError(ActorzError):
     """The actor that should run the call is dead: killed, crashed, or its ``__init__`` failed.
 
     Calls are at-most-once: a call pending when the actor died may or may not have run.
+    """
+
+
+class ActorNameTakenError(ActorzError, ValueError):
+    """An actor of that name already exists in the namespace (``.options(name=...)``).
+
+    Use ``actorz.get_actor(name)``, or create with ``.options(name=..., get_if_exists=True)``
+    to get the existing actor instead of an error.
     """
 
 

@@ -16,6 +16,7 @@ loop tick, or by the watcher. Calls submitted together travel as one message.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import logging
 import os
@@ -35,6 +36,7 @@ from actorz import _serialization as S
 from actorz._transport import dealer
 from actorz.exceptions import (
     ActorDiedError,
+    ActorNameTakenError,
     ActorzError,
     TaskCancelledError,
     WorkerCrashedError,
@@ -54,6 +56,12 @@ _EVENTS, _POLLIN, _SNDMORE = zmq.EVENTS, zmq.POLLIN, zmq.SNDMORE
 _ZERO_COPY_MIN = 64 * 1024
 
 PENDING, OK, ERR = 0, 1, 2
+
+#: The call (caller id, call id) whose coroutine is running in this context. Child tasks
+#: inherit it, so a ref awaited anywhere under a cancelled call can be cancelled too.
+current_call: contextvars.ContextVar[tuple[bytes, int] | None] = contextvars.ContextVar(
+    "actorz_current_call", default=None
+)
 _UNSET: Any = object()
 
 #: Messages drained per turn before giving others (the event loop) a chance.
@@ -73,6 +81,7 @@ _FAIL_TYPES: dict[str, type[ActorzError]] = {
     "TaskCancelledError": TaskCancelledError,
     "ActorzError": ActorzError,
     "WorkerCrashedError": WorkerCrashedError,
+    "ActorNameTakenError": ActorNameTakenError,
 }
 
 
@@ -220,6 +229,8 @@ class Client:
         self.error_count = 0
         self.closed: str | None = None  # why, once closed
         self.dead_actors: dict[bytes, str] = {}
+        #: Calls being cancelled (``actorz.cancel``, recursive): refs they await are too.
+        self.cancelled_calls: set[tuple[bytes, int]] = set()
         # Set by the process runtime hosting this client:
         self.on_call: Callable[[bytes, int, Any, Any], None] | None = None
         self.on_task: Callable[[bytes, int, Any, Any], None] | None = None

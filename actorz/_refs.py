@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 from actorz import _context
 from actorz import _protocol as P
 from actorz import _serialization as S
-from actorz._client import PENDING, Client, Pending
+from actorz._client import PENDING, Client, Pending, current_call
 from actorz.exceptions import ActorzError
 
 T = TypeVar("T")
@@ -39,10 +39,15 @@ class ObjectRef(Generic[T]):
         self._callbacks: list[list[Any]] | None = None
 
     def _pending(self) -> Pending:
+        client = self._client
+        if client is not None and client.closed:
+            raise ActorzError(
+                f"{self!r} belongs to an actorz session that was shut down; its value is "
+                "gone with it"
+            )
         p = self._p
         if p is None:
-            client = self._client
-            if client is None or client.closed:
+            if client is None:
                 client = self._client = _context.current()
             p = self._p = client.borrow(self._owner, self._call_id)
         return p
@@ -59,7 +64,14 @@ class ObjectRef(Generic[T]):
     async def _await(self) -> T:
         p = self._pending()
         if p.state == PENDING:
-            await self._get_client().wait_async(p)
+            client = self._get_client()
+            try:
+                await client.wait_async(p)
+            except asyncio.CancelledError:
+                # Recursive cancel: the call awaiting this ref was cancelled, so is this one.
+                if current_call.get() in client.cancelled_calls:
+                    client.cancel(p)
+                raise
         return p.result()  # type: ignore[no-any-return]
 
     def future(self) -> Future[T]:

@@ -57,3 +57,16 @@ def cluster() -> Iterator[None]:
 def dispatcher(request: pytest.FixtureRequest) -> str:
     """Run a test once per dispatcher kind; the test builds its class for that kind."""
     return str(request.param)
+
+
+@pytest.fixture
+def no_cluster() -> Iterator[None]:
+    """No cluster at the start; whatever the test starts is shut down and leak-checked."""
+    if actorz.is_initialized():
+        actorz.shutdown()
+    try:
+        yield
+    finally:
+        procs = descendants()
+        actorz.shutdown()
+        assert_no_leaks(procs)

@@ -13,7 +13,7 @@ from collections import deque
 from typing import Any
 
 from actorz import _serialization as S
-from actorz._client import Client
+from actorz._client import Client, current_call
 from actorz._worker._dispatch import AGEN, CORO, Dispatcher, collect_async_gen
 
 _get_running_loop = asyncio._get_running_loop
@@ -70,6 +70,7 @@ class AsyncDispatcher(Dispatcher):
     def _cancel(self, src: bytes, call_id: int) -> None:
         task = self._tasks.get((src, call_id))
         if task is not None:
+            self.client.cancelled_calls.add((src, call_id))
             task.cancel()
             return
         for i, (s, c, _, _) in enumerate(self._queue):
@@ -110,15 +111,18 @@ class AsyncDispatcher(Dispatcher):
                 client.reply_error(src, call_id, exc, f"{self.class_name}.{name}")
                 continue
             started = True
-            task = loop.create_task(coro)
-            self._running += 1
             key = (src, call_id)
+            token = current_call.set(key)  # copied into the task's context
+            task = loop.create_task(coro)
+            current_call.reset(token)
+            self._running += 1
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._done, key, name))
 
     def _done(self, key: tuple[bytes, int], name: str, task: asyncio.Task[Any]) -> None:
         self._running -= 1
         self._tasks.pop(key, None)
+        self.client.cancelled_calls.discard(key)
         src, call_id = key
         if task.cancelled():
             self.client.reply_fail(src, call_id, "TaskCancelledError",

@@ -85,6 +85,7 @@ def _run_actor(client: Client) -> None:
     # dispatcher exists: hold them, in order, and hand them over once it does.
     early: list[tuple[bytes, int, Any, Any]] = []
     client.on_call = lambda *call: early.append(call)
+    client.on_cancel = lambda src, call_id: _cancel_early(client, early, src, call_id)
     hello = client.request("hello", role="actor", pid=os.getpid())
     client.wait(lambda: hello.state != PENDING, None)
     bufs = hello.bufs  # before result(), which lets go of the raw frames
@@ -96,6 +97,16 @@ def _run_actor(client: Client) -> None:
         _run_async_actor(client, meta, bufs, class_name, max_concurrency, early)
     else:
         _run_threaded_actor(client, meta, bufs, class_name, max_concurrency, early)
+
+
+def _cancel_early(client: Client, early: list[tuple[bytes, int, Any, Any]], src: bytes,
+                  call_id: int) -> None:
+    for i, call in enumerate(early):
+        if call[0] == src and call[1] == call_id:
+            del early[i]
+            client.reply_fail(src, call_id, "TaskCancelledError",
+                              "the call was cancelled before it started")
+            return
 
 
 def _take_over(client: Client, dispatcher: Any, early: list[tuple[bytes, int, Any, Any]]) -> None:

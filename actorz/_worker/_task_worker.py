@@ -3,7 +3,8 @@
 The broker hands a worker at most ``WORKER_CREDIT`` tasks at a time and counts its
 results as returned credit (the load-balancing pattern). Synchronous functions run one
 at a time on the worker's event loop (and may block on ``actorz.get``); ``async def``
-functions run concurrently on it.
+functions run concurrently on it. While a synchronous function runs, the thread has no
+running loop, so it may call ``asyncio.run()`` (the reference documents' wrapper pattern).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from actorz import _protocol as P
 from actorz import _serialization as S
-from actorz._client import Client
+from actorz._client import Client, current_call
 from actorz._logging import current_task
 
 _get_running_loop = asyncio._get_running_loop
+_set_running_loop = asyncio._set_running_loop
 
 
 class TaskWorker:
@@ -53,6 +55,7 @@ class TaskWorker:
     def _cancel(self, src: bytes, call_id: int) -> None:
         task = self._tasks.get((src, call_id))
         if task is not None:
+            self.client.cancelled_calls.add((src, call_id))
             task.cancel()
             return
         for i, (s, c, _, _) in enumerate(self._queue):
@@ -89,17 +92,21 @@ class TaskWorker:
                 args, kwargs = S.loads(data, bufs)
                 token = current_task.set((src.hex(), name))
                 if is_async:
-                    task = self.loop.create_task(fn(*args, **(kwargs or {})))
                     key = (src, call_id)
+                    call_token = current_call.set(key)  # copied into the task's context
+                    task = self.loop.create_task(fn(*args, **(kwargs or {})))
+                    current_call.reset(call_token)
                     self._tasks[key] = task
                     task.add_done_callback(functools.partial(self._done, key, name))
                     continue
-                # A synchronous task may block on actorz.get: it owns the loop meanwhile.
-                client.forbidden_loop = None
+                # A synchronous function runs as if no loop were running, as it would in
+                # a plain process: it may call asyncio.run() (the documents' wrapper
+                # pattern) or block on actorz.get. It owns the worker meanwhile.
+                _set_running_loop(None)
                 try:
                     result = fn(*args, **kwargs) if kwargs else fn(*args)
                 finally:
-                    client.forbidden_loop = self.loop
+                    _set_running_loop(self.loop)
             except Exception as exc:
                 client.reply_error(src, call_id, exc, name)
             else:
@@ -110,6 +117,7 @@ class TaskWorker:
 
     def _done(self, key: tuple[bytes, int], name: str, task: asyncio.Task[Any]) -> None:
         self._tasks.pop(key, None)
+        self.client.cancelled_calls.discard(key)
         src, call_id = key
         if task.cancelled():
             self.client.reply_fail(src, call_id, "TaskCancelledError", f"{name} was cancelled")

@@ -51,7 +51,9 @@ _unpack_header = P.HEADER.unpack_from
 _HSIZE = P.HEADER_SIZE
 _VERSION = P.VERSION
 _REPLY, _ERROR, _FAIL, _CONTROL = P.REPLY, P.ERROR, P.FAIL, P.CONTROL
-_EVENTS, _POLLIN, _SNDMORE = zmq.EVENTS, zmq.POLLIN, zmq.SNDMORE
+_EVENTS, _POLLIN, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.SNDMORE)
+# The Cython method, unwrapped: pyzmq's getsockopt turns EVENTS into an enum.Flag (2x).
+_get_option = zmq.backend.Socket.get
 #: Frames at least this large are received without a copy.
 _ZERO_COPY_MIN = 64 * 1024
 
@@ -463,12 +465,11 @@ class Client:
         completed = 0
         sock = self.sock
         recv = sock.recv
-        getsockopt = sock.getsockopt
         pending = self._pending
         for _ in range(_DRAIN_BATCH):
             # Asking EVENTS instead of letting recv raise zmq.Again (~3-10 us in pyzmq).
             try:
-                if not getsockopt(_EVENTS) & _POLLIN:
+                if not _get_option(sock, _EVENTS) & _POLLIN:
                     self._more = False
                     return done, completed
                 # Frame by frame: small frames as bytes (cheaper than Frame objects),

@@ -470,6 +470,10 @@ class Broker:
         driver = self.drivers.get(src)
         if driver is not None:
             driver["last_seen"] = now
+        elif src[:1] == P.DRIVER:
+            # Likewise a driver: the actors it owned are not known here (any more).
+            self._notify(src, "unknown_driver")
+            return
         self._notify(src, "pong")
 
     def _op_hello(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:

@@ -248,6 +248,8 @@ class Client:
         self._watch_signaled = False
         self._last_broker = _monotonic()
         self._heartbeat = False
+        self._broker_forgot = False
+        self._shut = False
         self._wakers_created: list[_Waker] = []
 
     # --- sending ---------------------------------------------------------------
@@ -575,6 +577,11 @@ class Client:
         op = msg.get("op")
         if op == "pong":
             return 0
+        if op == "unknown_driver":
+            # The broker restarted (or gave us up for lost): what we knew is gone. The
+            # watcher's next heartbeat declares the broker lost and fails pending calls.
+            self._broker_forgot = True
+            return 0
         if op == "actor_died":
             actor = bytes.fromhex(msg["actor"])
             reason = msg.get("reason", "the actor died")
@@ -832,9 +839,10 @@ class Client:
     def close(self, reason: str) -> None:
         """Fail every pending call with ``reason`` and close the socket."""
         with self._lock:
-            if self.closed:
+            if self._shut:
                 return
-            self.closed = reason
+            self._shut = True
+            self.closed = self.closed or reason
             pending = list(self._pending.values())
             self._pending.clear()
             self._blocked.clear()
@@ -931,17 +939,22 @@ class Client:
                     self._beat(now)
 
     def _beat(self, now: float) -> None:
-        if now - self._last_broker > BROKER_TIMEOUT_S:
-            reason = f"lost the connection to the broker at {self.address}"
+        if self._broker_forgot or now - self._last_broker > BROKER_TIMEOUT_S:
+            reason = (f"the broker at {self.address} no longer knows this program (it "
+                      "restarted, or missed its heartbeats)" if self._broker_forgot else
+                      f"lost the connection to the broker at {self.address}")
             log.error("actorz: %s", reason)
             self._lost(reason)
             return
         self.send_item(P.BROKER, P.control("ping"))
 
     def _lost(self, reason: str) -> None:
+        """The broker is gone: this session is over. Calls fail now and from now on."""
         with self._lock:
+            self.closed = reason
             pending = list(self._pending.values())
             self._pending.clear()
+            self._blocked.clear()
         for p in pending:
             p.set_error(ActorzError(reason))
             self.error_count += 1

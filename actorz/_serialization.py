@@ -46,18 +46,28 @@ def dumps(obj: Any) -> tuple[bytes, list[Any]]:
     small call payloads: 0.64 us vs 2.2 us). It pickles classes and functions by
     reference, which fails on the receiving side for anything defined in
     ``__main__``; a stream that names ``__main__`` is redone with cloudpickle,
-    which sends such definitions by value.
+    which sends such definitions by value. The same goes for a stream naming a module
+    registered for pickling by value (``init(pickle_by_value=...)``).
     """
     bufs: list[Any] = []
     try:
         data = _dumps(obj, 5, buffer_callback=bufs.append)
-        if b"__main__" not in data:
+        if b"__main__" not in data and not (_BY_VALUE and _names_by_value_module(data)):
             return data, [_snapshot(b) for b in bufs] if bufs else bufs
     except Exception:
         pass
     bufs = []
     data = cloudpickle.dumps(obj, 5, buffer_callback=bufs.append)
     return data, [_snapshot(b) for b in bufs] if bufs else bufs
+
+
+#: Modules registered with cloudpickle.register_pickle_by_value (init(pickle_by_value=)):
+#: a stream that names one of them must be redone by cloudpickle, as for __main__.
+_BY_VALUE: set[str] = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", set())
+
+
+def _names_by_value_module(data: bytes) -> bool:
+    return any(name.encode() in data for name in _BY_VALUE)
 
 
 def _snapshot(buf: pickle.PickleBuffer) -> Any:

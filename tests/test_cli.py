@@ -483,3 +483,46 @@ def test_a_node_that_loses_its_broker_exits_1_and_kills_its_children(procs: Proc
     assert node.wait(timeout=20) == 1, node.output
     assert "lost the broker" in node.output
     node.assert_gone_with_children()
+
+
+def test_a_driver_whose_broker_restarted_fails_its_calls_with_a_clear_error(
+        procs: Processes) -> None:
+    broker, address = start_broker(procs)
+    start_node(procs, address, "n")
+    driver = procs.start([sys.executable, "-c", textwrap.dedent("""
+        import asyncio, json, actorz
+        actorz.init()
+        @actorz.remote
+        class Stuck:
+            async def forever(self):
+                await asyncio.Event().wait()
+            async def ready(self):
+                return True
+        a = Stuck.options(lifetime="detached").remote()
+        actorz.get(a.ready.remote(), timeout=30)
+        ref = a.forever.remote()
+        print("READY", flush=True)
+        out = {}
+        try:
+            actorz.get(ref, timeout=60)
+        except actorz.exceptions.ActorzError as exc:
+            out["pending"] = f"{type(exc).__name__}: {exc}"
+        import time
+        start = time.monotonic()
+        try:
+            actorz.get(a.ready.remote(), timeout=30)
+        except actorz.exceptions.ActorzError as exc:
+            out["later"] = f"{type(exc).__name__}: {exc}"
+        out["later_s"] = time.monotonic() - start
+        print("RESULT", json.dumps(out), flush=True)
+    """)], ACTORZ_ADDRESS=address)
+    driver.wait_for("READY")
+    broker.kill_group()
+    broker.wait()
+    start_broker(procs, bind=address)  # a new broker, same address, empty registry
+    driver.wait_for("RESULT", timeout=30)
+    assert driver.wait() == 0, driver.output
+    result = result_of(driver.output)
+    assert "no longer knows this program" in result["pending"] or "lost" in result["pending"]
+    assert result["later"].startswith("ActorzError"), result
+    assert result["later_s"] < 5, result  # the session is over: no waiting for an answer

@@ -327,7 +327,9 @@ def test_pickle_by_value_ships_a_module_the_nodes_cannot_import(cluster: Cluster
         "import actorz\n"
         "def helper(x):\n    return x * 2\n"
         "@actorz.remote\ndef double(x):\n    return helper(x)\n"
-        "@actorz.remote\nclass Doubler:\n    def run(self, x):\n        return helper(x)\n")
+        "@actorz.remote\nclass Doubler:\n    def run(self, x):\n        return helper(x)\n"
+        "class Point:\n    def __init__(self, x):\n        self.x = x\n"
+        "@actorz.remote\ndef bigger(p):\n    return Point(p.x + 1)\n")
     # Decorated functions and classes travel by value anyway (the module attribute is
     # the wrapper, so pickling by reference cannot work); the helpers they use do not.
     (tmp_path / f"{name}_ref.py").write_text(
@@ -342,15 +344,17 @@ def test_pickle_by_value_ships_a_module_the_nodes_cannot_import(cluster: Cluster
         import actorz
         actorz.init(pickle_by_value=[{name}])
         out = [actorz.get({name}.double.remote(21), timeout=30),
-               actorz.get({name}.Doubler.remote().run.remote(4), timeout=30)]
+               actorz.get({name}.Doubler.remote().run.remote(4), timeout=30),
+               # an instance of one of its classes, as an argument and as a value
+               actorz.get({name}.bigger.remote({name}.Point(1)), timeout=30).x]
         try:  # not registered: it travels by reference and the worker cannot import it
             actorz.get({name}_ref.triple.remote(1), timeout=30)
         except ModuleNotFoundError as exc:
             out.append(str(exc))
         print("RESULT", json.dumps(out))
     """)
-    assert result[:2] == [42, 8]
-    assert f"No module named '{name}_ref'" in result[2]
+    assert result[:3] == [42, 8, 2]
+    assert f"No module named '{name}_ref'" in result[3]
 
 
 def test_a_lost_node_fails_its_actors_and_leaves_the_cluster(cluster: Cluster) -> None:

@@ -21,8 +21,9 @@ import zmq
 
 from actorz import _context
 from actorz import _protocol as P
-from actorz._client import PENDING, Client
+from actorz._client import Client
 from actorz._logging import DriverLogSink
+from actorz._pending import PENDING
 from actorz._refs import ActorHandle, ObjectRef
 from actorz._transport import check_address, private_ipc_address
 from actorz.exceptions import ActorzError, GetTimeoutError

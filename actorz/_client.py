@@ -16,7 +16,6 @@ loop tick, or by the watcher. Calls submitted together travel as one message.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
 import logging
 import os
@@ -33,14 +32,10 @@ import zmq
 
 from actorz import _protocol as P
 from actorz import _serialization as S
+from actorz._pending import ERR, OK, PENDING, Deferred, Pending
 from actorz._transport import dealer
-from actorz.exceptions import (
-    ActorDiedError,
-    ActorNameTakenError,
-    ActorzError,
-    TaskCancelledError,
-    WorkerCrashedError,
-)
+from actorz._watcher import Watcher
+from actorz.exceptions import ActorzError, TaskCancelledError
 
 log = logging.getLogger("actorz")
 
@@ -57,109 +52,12 @@ _get_option = zmq.backend.Socket.get
 #: Frames at least this large are received without a copy.
 _ZERO_COPY_MIN = 64 * 1024
 
-PENDING, OK, ERR = 0, 1, 2
-
-#: The call (caller id, call id) whose coroutine is running in this context. Child tasks
-#: inherit it, so a ref awaited anywhere under a cancelled call can be cancelled too.
-current_call: contextvars.ContextVar[tuple[bytes, int] | None] = contextvars.ContextVar(
-    "actorz_current_call", default=None
-)
-_UNSET: Any = object()
-
 #: Messages drained per turn before giving others (the event loop) a chance.
 _DRAIN_BATCH = 512
 #: An outbox this large (bytes) is sent at once instead of at the next flush point.
 _FLUSH_BYTES = 1 << 20
-HEARTBEAT_S = 1.0
 #: A plain thread's call goes out at once when nothing was sent for this long.
 _IDLE_SEND_S = 50e-6
-#: How often the watcher looks at the socket while another thread waits on it.
-_NAP_MS = 5
-#: No word from the broker for this long: it is gone.
-BROKER_TIMEOUT_S = 6.0
-
-_FAIL_TYPES: dict[str, type[ActorzError]] = {
-    "ActorDiedError": ActorDiedError,
-    "TaskCancelledError": TaskCancelledError,
-    "ActorzError": ActorzError,
-    "WorkerCrashedError": WorkerCrashedError,
-    "ActorNameTakenError": ActorNameTakenError,
-}
-
-
-def fail_exception(payload: Any) -> BaseException:
-    info = P.decode_json(payload)
-    kind = info.get("type", "ActorzError")
-    if kind == "ValueError":
-        return ValueError(info["message"])
-    return _FAIL_TYPES.get(kind, ActorzError)(info["message"])
-
-
-class Pending:
-    """The state of one call this process made (or one borrowed ref it fetches)."""
-
-    __slots__ = ("call_id", "dest", "name", "state", "kind", "data", "bufs", "value",
-                 "callbacks", "escaped", "__weakref__")
-
-    def __init__(self, call_id: int, dest: bytes, name: str) -> None:
-        self.call_id = call_id
-        self.dest = dest
-        self.name = name
-        self.state = PENDING
-        self.kind = 0
-        self.data: Any = None
-        self.bufs: Any = ()
-        self.value: Any = _UNSET
-        self.callbacks: list[Callable[[Pending], None]] | None = None
-        self.escaped = False
-
-    def result(self) -> Any:
-        """The value, deserialized on first use; raises the call's error."""
-        if self.state == OK:
-            value = self.value
-            if value is _UNSET:
-                data = self.data
-                value = P.decode_json(data) if self.kind == _CONTROL else S.loads(data, self.bufs)
-                self.value = value
-                if not self.escaped:
-                    self.data = self.bufs = None
-            return value
-        if self.state == ERR:
-            raise self.exception()
-        raise RuntimeError("result() of a call that has not finished")
-
-    def exception(self) -> BaseException:
-        value = self.value
-        if value is _UNSET:
-            if self.kind == P.ERROR:
-                value = S.loads_error(self.data)
-            else:
-                value = fail_exception(self.data)
-            self.value = value
-        return value  # type: ignore[no-any-return]
-
-    def set_error(self, exc: BaseException) -> None:
-        self.state = ERR
-        self.value = exc
-
-
-class _Deferred:
-    """A call waiting for its top-level ref arguments (sent once they are ready)."""
-
-    __slots__ = ("pending", "kind", "build", "args", "kwargs", "deps")
-
-    def __init__(self, pending: Pending, kind: int, build: Callable[..., bytes | tuple[bytes, list[Any]]],
-                 args: tuple[Any, ...], kwargs: dict[str, Any], deps: list[Pending]) -> None:
-        self.pending = pending
-        self.kind = kind
-        self.build = build
-        self.args = args
-        self.kwargs = kwargs
-        self.deps = deps
-
-    def ready(self) -> bool:
-        return all(d.state != PENDING for d in self.deps)
-
 
 class _Waker:
     """Per-thread: a pipe other threads write to when they complete calls for us."""
@@ -221,7 +119,7 @@ class Client:
         self._borrowed: weakref.WeakValueDictionary[tuple[bytes, int], Pending] = (
             weakref.WeakValueDictionary()
         )
-        self._blocked: dict[Any, deque[_Deferred]] = {}
+        self._blocked: dict[Any, deque[Deferred]] = {}
         self._next_id = itertools.count(1).__next__
         self._waiters: set[_Waker] = set()
         self._local = threading.local()
@@ -243,12 +141,10 @@ class Client:
         self.on_drained: Callable[[], None] | None = None
         #: Blocking get/wait on this loop raise (an async actor's or task worker's loop).
         self.forbidden_loop: asyncio.AbstractEventLoop | None = None
-        self._watcher: threading.Thread | None = None
-        self._watch_r = self._watch_w = -1
-        self._watch_signaled = False
-        self._last_broker = _monotonic()
-        self._heartbeat = False
-        self._broker_forgot = False
+        self._watcher: Watcher | None = None
+        #: When the broker was last heard from, and whether it said it forgot us.
+        self.last_broker = _monotonic()
+        self.broker_forgot = False
         self._shut = False
         self._wakers_created: list[_Waker] = []
 
@@ -267,7 +163,7 @@ class Client:
                 return
             self._pending[p.call_id] = p
             if dest in self._blocked:  # keep submission order behind a deferred call
-                self._blocked[dest].append(_Deferred(p, kind, lambda: (payload, bufs), (), {}, []))
+                self._blocked[dest].append(Deferred(p, kind, lambda: (payload, bufs), (), {}, []))
                 return
             self._append_locked(dest, hdr, payload, bufs)
             if self._unflushed:  # a flush is already due: ride along with it
@@ -295,7 +191,7 @@ class Client:
         ``key`` orders deferred calls: calls to one actor wait behind each other;
         tasks pass a unique key and go as soon as their own arguments are ready.
         """
-        d = _Deferred(p, kind, build, args, kwargs, deps)
+        d = Deferred(p, kind, build, args, kwargs, deps)
         with self._lock:
             if self.closed:
                 p.set_error(ActorzError(f"actorz is shut down ({self.closed})"))
@@ -408,7 +304,7 @@ class Client:
         if loop is not None:
             loop.call_soon(self.flush)
         elif self._watcher is not None:
-            self._wake_watcher()
+            self._watcher.wake()
         else:
             self.flush()
 
@@ -540,7 +436,7 @@ class Client:
             else:
                 self._reply_no_actor(src, call_id)
         elif kind == _CONTROL:
-            self._last_broker = _monotonic()
+            self.last_broker = _monotonic()
             if call_id:
                 p = self._pending.pop(call_id, None)
                 if p is not None:
@@ -580,7 +476,7 @@ class Client:
         if op == "unknown_driver":
             # The broker restarted (or gave us up for lost): what we knew is gone. The
             # watcher's next heartbeat declares the broker lost and fails pending calls.
-            self._broker_forgot = True
+            self.broker_forgot = True
             return 0
         if op == "actor_died":
             actor = bytes.fromhex(msg["actor"])
@@ -853,9 +749,7 @@ class Client:
         for w in list(self._waiters):
             w.signal()
         if self._watcher is not None:
-            self._wake_watcher()
-            if self._watcher is not threading.current_thread():
-                self._watcher.join(5)
+            self._watcher.stop()
         for loop in list(self._loops.keys()):
             try:
                 if _get_running_loop() is loop:
@@ -869,86 +763,13 @@ class Client:
             self.sock.close(0)
         for w in self._wakers_created:
             w.close()
-        for fd in (self._watch_r, self._watch_w):
-            if fd >= 0:
-                os.close(fd)
-
-    # --- the watcher thread -------------------------------------------------------
 
     def start_watcher(self, heartbeat: bool = False) -> None:
-        if self._watcher is not None:
-            return
-        self._watch_r, self._watch_w = os.pipe()
-        os.set_blocking(self._watch_r, False)
-        os.set_blocking(self._watch_w, False)
-        self._heartbeat = heartbeat
-        self._watcher = threading.Thread(target=self._watch, name="actorz-io", daemon=True)
-        self._watcher.start()
+        """Start the background thread that drains when no other thread does."""
+        if self._watcher is None:
+            self._watcher = Watcher(self, heartbeat)
 
-    def _wake_watcher(self) -> None:
-        if not self._watch_signaled:
-            self._watch_signaled = True
-            try:
-                os.write(self._watch_w, b"\0")
-            except OSError:
-                pass
-
-    def _watch(self) -> None:
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        poller.register(self._watch_r, select.POLLIN)
-        # While a thread is blocked in wait() it receives on the socket itself; the
-        # watcher then only listens to its pipe and looks again every few ms, instead
-        # of waking on every reply and fighting that thread for the lock (-20% on
-        # synchronous calls, measured).
-        nap = select.poll()
-        nap.register(self._watch_r, select.POLLIN)
-        next_beat = _monotonic() + HEARTBEAT_S
-        more = False
-        while not self.closed:
-            if self._waiters and not more:
-                nap.poll(_NAP_MS)
-                if self._waiters and not self._watch_signaled:
-                    if _monotonic() >= next_beat:
-                        next_beat = _monotonic() + HEARTBEAT_S
-                        if self._heartbeat:
-                            self._beat(_monotonic())
-                    continue
-            elif not more:
-                poller.poll(max(0, int((next_beat - _monotonic()) * 1000)) + 1)
-            if self.closed:
-                break
-            if self._watch_signaled:
-                self._watch_signaled = False
-                try:
-                    while os.read(self._watch_r, 4096):
-                        pass
-                except (BlockingIOError, OSError):
-                    pass
-            with self._lock:
-                if self.closed:
-                    break
-                done, n = self._pump_locked()
-                more = self._more
-            if n:
-                self._notify(done, n)
-            now = _monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT_S
-                if self._heartbeat:
-                    self._beat(now)
-
-    def _beat(self, now: float) -> None:
-        if self._broker_forgot or now - self._last_broker > BROKER_TIMEOUT_S:
-            reason = (f"the broker at {self.address} no longer knows this program (it "
-                      "restarted, or missed its heartbeats)" if self._broker_forgot else
-                      f"lost the connection to the broker at {self.address}")
-            log.error("actorz: %s", reason)
-            self._lost(reason)
-            return
-        self.send_item(P.BROKER, P.control("ping"))
-
-    def _lost(self, reason: str) -> None:
+    def lost(self, reason: str) -> None:
         """The broker is gone: this session is over. Calls fail now and from now on."""
         with self._lock:
             self.closed = reason

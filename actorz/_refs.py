@@ -10,7 +10,8 @@ from typing import Any, Generic, TypeVar
 from actorz import _context
 from actorz import _protocol as P
 from actorz import _serialization as S
-from actorz._client import PENDING, Client, Pending, current_call
+from actorz._client import Client
+from actorz._pending import PENDING, Pending, current_call
 from actorz.exceptions import ActorzError
 
 T = TypeVar("T")

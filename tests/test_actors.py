@@ -16,10 +16,10 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import TIMEOUT, Gate
 
 import actorz
 from actorz.exceptions import ActorDiedError, TaskCancelledError
-from helpers import TIMEOUT, Gate
 
 #: The issue promises pending calls fail "within a second or two" of an actor's death;
 #: the band is wider because other test suites load this 2-core machine at the same time.

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import EXIT_GRACE_S, descendants
+from helpers import TIMEOUT, Gate, run_driver
 
 import actorz
 from actorz.exceptions import ActorzError
-from conftest import EXIT_GRACE_S, descendants
-from helpers import TIMEOUT, Gate, run_driver
 
 
 @actorz.remote

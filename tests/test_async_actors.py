@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 import pytest
+from helpers import TIMEOUT, Gate
 
 import actorz
 from actorz.exceptions import TaskCancelledError
-from helpers import TIMEOUT, Gate
 
 
 @actorz.remote

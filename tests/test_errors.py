@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+from helpers import TIMEOUT
 
 import actorz
 from actorz.exceptions import (
@@ -19,7 +20,6 @@ from actorz.exceptions import (
     TaskError,
     WorkerCrashedError,
 )
-from helpers import TIMEOUT
 
 
 class InventoryError(Exception):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import prefixed, run_driver
 
 from actorz._logging import TaggedStream, current_task, parse_line
-from helpers import prefixed, run_driver
 
 PREFIX = re.compile(r"^\((\w+) pid=(\d+)\) (.*)$")
 

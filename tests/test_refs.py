@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import pytest
+from helpers import TIMEOUT, Gate
 
 import actorz
 from actorz.exceptions import ActorzError, GetTimeoutError, TaskError
-from helpers import TIMEOUT, Gate
 
 
 @actorz.remote

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT, Gate, Rendezvous, prefixed, run_driver
 
 import actorz as ray
 from actorz.exceptions import GetTimeoutError
-from helpers import TIMEOUT, Gate, Rendezvous, prefixed, run_driver
 
 # --- seed 000 / 002: "AsyncIO / Concurrency for Actors" ---------------------------------
 

@@ -11,11 +11,11 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import TIMEOUT
 
 import actorz
 from actorz import _serialization as S
 from actorz.exceptions import TaskError
-from helpers import TIMEOUT
 
 MIB = 1024 * 1024
 

@@ -9,10 +9,10 @@ import asyncio
 import os
 
 import pytest
+from helpers import TIMEOUT, Gate, Rendezvous
 
 import actorz
 from actorz.exceptions import TaskCancelledError
-from helpers import TIMEOUT, Gate, Rendezvous
 
 
 @actorz.remote

@@ -7,11 +7,12 @@ that many calls are in it at once); the limit with a counter of calls running at
 from __future__ import annotations
 
 import threading
+
 import pytest
+from helpers import TIMEOUT, Gate
 
 import actorz
 from actorz.exceptions import TaskError
-from helpers import TIMEOUT, Gate
 
 
 @actorz.remote

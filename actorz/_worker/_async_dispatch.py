@@ -13,7 +13,8 @@ from collections import deque
 from typing import Any
 
 from actorz import _serialization as S
-from actorz._client import Client, current_call
+from actorz._client import Client
+from actorz._pending import current_call
 from actorz._worker._dispatch import AGEN, CORO, Dispatcher, collect_async_gen
 
 _get_running_loop = asyncio._get_running_loop

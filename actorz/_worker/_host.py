@@ -16,8 +16,9 @@ import zmq
 from actorz import _context
 from actorz import _protocol as P
 from actorz import _serialization as S
-from actorz._client import PENDING, Client
+from actorz._client import Client
 from actorz._logging import install_worker_streams
+from actorz._pending import PENDING
 from actorz._worker._async_dispatch import AsyncDispatcher
 from actorz._worker._task_worker import TaskWorker
 from actorz._worker._thread_dispatch import ThreadDispatcher

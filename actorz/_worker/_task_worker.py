@@ -16,8 +16,9 @@ from typing import Any
 
 from actorz import _protocol as P
 from actorz import _serialization as S
-from actorz._client import Client, current_call
+from actorz._client import Client
 from actorz._logging import current_task
+from actorz._pending import current_call
 
 _get_running_loop = asyncio._get_running_loop
 _set_running_loop = asyncio._set_running_loop

@@ -3,6 +3,10 @@
 The socket is drained by the client's I/O thread, which only enqueues here. A pool
 thread sends its replies itself when it runs out of work (no hop to the I/O thread);
 while more calls wait, it leaves the send to the I/O thread, which batches replies.
+
+With one thread (the default), the idle pool thread receives on the socket itself, as a
+thread blocked in ``actorz.get`` does, and runs what it receives: no hop between the I/O
+thread and the pool on the way in either.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ class ThreadDispatcher(Dispatcher):
         self._queue: deque[tuple[bytes, int, Any, Any]] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
+        self._single = max_concurrency == 1
+        self._tid = 0
+        self._waker: Any = None
 
     def start(self, instance: Any) -> None:
         super().start(instance)
@@ -34,6 +41,9 @@ class ThreadDispatcher(Dispatcher):
         with self._cond:
             self._queue.append((src, call_id, payload, bufs))
             self._cond.notify()
+        waker = self._waker
+        if waker is not None and threading.get_ident() != self._tid:
+            waker.signal()  # the single pool thread may be waiting on the socket
 
     def cancel(self, src: bytes, call_id: int) -> None:
         with self._cond:
@@ -46,6 +56,9 @@ class ThreadDispatcher(Dispatcher):
         self.client.reply_fail(src, call_id, "TaskCancelledError",
                                "the call was cancelled before it started")
 
+    def _has_work(self) -> bool:
+        return bool(self._queue)
+
     def fail_queued(self, error_type: str, message: str) -> None:
         with self._cond:
             items = list(self._queue)
@@ -57,12 +70,24 @@ class ThreadDispatcher(Dispatcher):
         client = self.client
         queue = self._queue
         cond = self._cond
+        single = self._single
+        if single:
+            self._tid = threading.get_ident()
+            self._waker = client._waker()
         while True:
             with cond:
-                while not queue:
-                    cond.wait()
-                src, call_id, payload, bufs = queue.popleft()
+                if not single:
+                    while not queue:
+                        cond.wait()
+                item = queue.popleft() if queue else None
                 more = bool(queue)
+            if item is None:
+                try:
+                    client.wait(self._has_work, None)
+                except Exception:  # the client is closed: the process is ending
+                    return
+                continue
+            src, call_id, payload, bufs = item
             name = "?"
             try:
                 name, args, kwargs = S.loads(payload, bufs)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
-import cloudpickle  # type: ignore[import-untyped]
+import cloudpickle
 import zmq
 
 from actorz import _context
@@ -249,6 +249,17 @@ def get(refs: Any, *, timeout: float | None = None) -> Any:
     seconds), raises ``GetTimeoutError`` when it runs out; the calls go on.
     """
     client = _context.current()
+    if type(refs) is ObjectRef:  # one ref: the synchronous call path, kept short
+        if timeout is not None:
+            _check_timeout(timeout)
+        if client.forbidden_loop is not None:
+            _check_blocking(client, "get")
+        p = refs._pending()
+        if p.state == PENDING and not client.wait(lambda: p.state != PENDING, timeout):
+            raise GetTimeoutError(
+                f"actorz.get() timed out after {timeout}s; the call goes on"
+            )
+        return p.result()
     if isinstance(refs, ObjectRef):
         single = True
         ref_list = [refs]
@@ -342,7 +353,7 @@ def wait(refs: list[ObjectRef[Any]], *, num_returns: int = 1, timeout: float | N
         client.wait(ready, timeout)
     ready_list: list[ObjectRef[Any]] = []
     rest: list[ObjectRef[Any]] = []
-    for r, p in zip(refs, pendings):
+    for r, p in zip(refs, pendings, strict=True):
         if p.state != PENDING and len(ready_list) < num_returns:
             ready_list.append(r)
         else:

@@ -86,6 +86,7 @@ class Watcher:
                     continue
             elif not more:
                 poller.poll(max(0, int((next_beat - _monotonic()) * 1000)) + 1)
+            client.clean = False
             if client.closed:
                 break
             if self._signaled:

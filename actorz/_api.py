@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import cloudpickle
 import zmq
 
-from actorz import _context
+from actorz import _context, _shm
 from actorz import _protocol as P
 from actorz._client import Client
 from actorz._logging import DriverLogSink
@@ -44,8 +44,14 @@ class _EmbeddedCluster:
 
     def __init__(self, num_workers: int | None) -> None:
         self.address, self.directory = private_ipc_address()
+        # Every process of this cluster shares the host: large values go through here.
+        self.shm_dir = _shm.make_directory()
         env = dict(os.environ)
         env["ACTORZ_SYS_PATH"] = json.dumps([p for p in sys.path if p])
+        if self.shm_dir:
+            env["ACTORZ_SHM_DIR"] = self.shm_dir
+        else:
+            env.pop("ACTORZ_SHM_DIR", None)
         cmd = [sys.executable, "-m", "actorz._cluster", "--bind", self.address, "--embedded"]
         if num_workers is not None:
             cmd += ["--num-workers", str(num_workers)]
@@ -70,6 +76,7 @@ class _EmbeddedCluster:
                 proc.kill()
             proc.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+        _shm.remove_directory(self.shm_dir)
 
 
 def init(
@@ -125,6 +132,7 @@ def init(
         _register_by_value(by_value)
         ctx = zmq.Context()
         client = Client(ctx, address, P.new_id(P.DRIVER))
+        client.shm_dir = cluster.shm_dir if cluster is not None else None
         client.namespace = namespace or "default"  # type: ignore[attr-defined]
         client.log_to_driver = log_to_driver  # type: ignore[attr-defined]
         if log_to_driver:

@@ -32,6 +32,7 @@ import zmq
 
 from actorz import _protocol as P
 from actorz import _serialization as S
+from actorz import _shm
 from actorz._pending import ERR, OK, PENDING, Deferred, Pending
 from actorz._transport import dealer
 from actorz._watcher import Watcher
@@ -46,6 +47,7 @@ _unpack_header = P.HEADER.unpack_from
 _HSIZE = P.HEADER_SIZE
 _VERSION = P.VERSION
 _REPLY, _ERROR, _FAIL, _CONTROL = P.REPLY, P.ERROR, P.FAIL, P.CONTROL
+_FLAG_SHM = P.FLAG_SHM
 _EVENTS, _POLLIN, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.SNDMORE)
 # The Cython method, unwrapped: pyzmq's getsockopt turns EVENTS into an enum.Flag (2x).
 _get_option = zmq.backend.Socket.get
@@ -116,6 +118,8 @@ class Client:
         #: True after a drain emptied the socket, until a send or an FD wake-up: no new
         #: message can be behind an armed FD, so another drain would find nothing.
         self.clean = False
+        #: Where large buffers go on this host (embedded clusters); None: through sockets.
+        self.shm_dir: str | None = None
         self._pending: dict[int, Pending] = {}
         self._escaped: dict[int, Pending] = {}
         # Weak: a borrowed value lives as long as some ObjectRef in this process holds it.
@@ -158,7 +162,10 @@ class Client:
 
     def send_call(self, p: Pending, kind: int, payload: bytes, bufs: list[Any]) -> None:
         """Queue a call item for ``p.dest`` and track ``p`` until its result arrives."""
-        hdr = _pack_header(_VERSION, kind, 0, len(bufs), len(payload), p.call_id)
+        flags = 0
+        if bufs:
+            bufs, flags = self._offload(bufs)
+        hdr = _pack_header(_VERSION, kind, flags, len(bufs), len(payload), p.call_id)
         dest = p.dest
         with self._lock:
             if self.closed:
@@ -221,7 +228,10 @@ class Client:
                     p.set_error(exc)
                     failed.append(p)
                     continue
-                hdr = _pack_header(_VERSION, d.kind, 0, len(bufs), len(payload), p.call_id)
+                flags = 0
+                if bufs:
+                    bufs, flags = self._offload(bufs)
+                hdr = _pack_header(_VERSION, d.kind, flags, len(bufs), len(payload), p.call_id)
                 self._append_locked(p.dest, hdr, payload, bufs)
                 self._unflushed = True
             if queue is not None and not queue:
@@ -251,7 +261,10 @@ class Client:
             err = TypeError(f"could not serialize the return value ({type(value).__name__}): {exc}")
             self.reply_error(dest, call_id, err, "")
             return
-        hdr = _pack_header(_VERSION, _REPLY, 0, len(bufs), len(data), call_id)
+        flags = 0
+        if bufs:
+            bufs, flags = self._offload(bufs)
+        hdr = _pack_header(_VERSION, _REPLY, flags, len(bufs), len(data), call_id)
         with self._lock:
             if self.closed:
                 return
@@ -286,6 +299,15 @@ class Client:
         fields["op"] = op
         self.send_call(p, _CONTROL, P.encode_json(fields), [])
         return p
+
+    def _offload(self, bufs: Any) -> tuple[Any, int]:
+        """Large out-of-band buffers to shared memory on this host; returns (bufs, flags)."""
+        directory = self.shm_dir
+        if directory is None:
+            return bufs, 0
+        if sum(len(b.raw()) if hasattr(b, "raw") else len(b) for b in bufs) < _shm.SHM_MIN:
+            return bufs, 0
+        return [_shm.put(directory, b) for b in bufs], _FLAG_SHM
 
     def _append_locked(self, dest: bytes, hdr: bytes, payload: bytes, bufs: Any) -> None:
         box = self._outbox.get(dest)
@@ -408,6 +430,15 @@ class Client:
                 if nbufs:
                     ibufs = bufs[bi : bi + nbufs]
                     bi += nbufs
+                    if flags & _FLAG_SHM:
+                        try:
+                            ibufs = [_shm.take(b) for b in ibufs]
+                        except (OSError, ValueError) as exc:
+                            if not self._shm_failed(src, kind, call_id, exc):
+                                continue
+                            kind, ibufs = _FAIL, ()
+                            payload = P.fail_payload(
+                                "ActorzError", f"a large value was lost in shared memory: {exc}")
                 else:
                     ibufs = ()
                 if kind <= _FAIL and kind >= _REPLY:  # REPLY, ERROR, FAIL
@@ -472,6 +503,18 @@ class Client:
         else:
             log.error("actorz: dropped an item of unknown kind %d", kind)
         return 0
+
+    def _shm_failed(self, src: bytes, kind: int, call_id: int, exc: BaseException) -> bool:
+        """A shared-memory buffer could not be mapped. True: fail the item as a result
+        here; False: it was a call, its caller has been answered with the error."""
+        if kind in (_REPLY, _ERROR, _FAIL):
+            return True
+        log.error("actorz: dropped a call whose large argument could not be mapped: %s", exc)
+        if call_id and kind != _CONTROL:
+            msg = P.fail_payload("ActorzError", f"a large argument was lost on the way: {exc}")
+            self._append_locked(src, P.item(_FAIL, call_id, msg), b"", ())
+            self._unflushed = True
+        return False
 
     def _reply_no_actor(self, src: bytes, call_id: int) -> None:
         item = P.item(_FAIL, call_id, P.fail_payload("ActorzError", "this endpoint runs no actor"))
@@ -549,7 +592,10 @@ class Client:
         else:
             exc = p.exception()
             payload, bufs, kind = S.dumps_error(exc, p.name), [], _ERROR
-        hdr = _pack_header(_VERSION, kind, 0, len(bufs), len(payload), call_id)
+        flags = 0
+        if bufs:
+            bufs, flags = self._offload(bufs)
+        hdr = _pack_header(_VERSION, kind, flags, len(bufs), len(payload), call_id)
         self._append_locked(src, hdr, payload, bufs)
         self._unflushed = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from actorz import _shm
 from actorz._broker import Broker
 from actorz._node import NodeAgent
 
@@ -97,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     cluster = LocalCluster(args.bind, embedded=args.embedded, num_workers=args.num_workers)
     signal.signal(signal.SIGTERM, lambda *_: cluster.stop())
-    return cluster.run(stop_fd=sys.stdin.fileno() if args.embedded else None)
+    try:
+        return cluster.run(stop_fd=sys.stdin.fileno() if args.embedded else None)
+    finally:
+        if args.embedded:  # the driver removes it too, unless it was killed
+            _shm.remove_directory(os.environ.get("ACTORZ_SHM_DIR"))
 
 
 if __name__ == "__main__":

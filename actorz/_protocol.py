@@ -46,6 +46,10 @@ KIND_NAMES = {
     CANCEL: "CANCEL", FETCH: "FETCH", LOG: "LOG", CONTROL: "CONTROL",
 }
 
+# Item flags.
+#: The item's out-of-band buffers are names of shared-memory files (see _shm.py).
+FLAG_SHM = 1
+
 #: Kinds that finish a call: the broker counts these from task workers as returned credit.
 RESULT_KINDS = frozenset((REPLY, ERROR, FAIL))
 

@@ -133,14 +133,14 @@ def init(
         ctx = zmq.Context()
         client = Client(ctx, address, P.new_id(P.DRIVER))
         client.shm_dir = cluster.shm_dir if cluster is not None else None
-        client.namespace = namespace or "default"  # type: ignore[attr-defined]
-        client.log_to_driver = log_to_driver  # type: ignore[attr-defined]
+        client.namespace = namespace or "default"
+        client.log_to_driver = log_to_driver
         if log_to_driver:
             client.on_log = DriverLogSink()
         try:
             p = client.request("hello", role="driver", pid=os.getpid(),
                                host=socket.gethostname(), wait_nodes=1 if cluster else 0,
-                               namespace=client.namespace)  # type: ignore[attr-defined]
+                               namespace=client.namespace)
             if not client.wait(lambda: p.state != PENDING, CONNECT_TIMEOUT_S):
                 raise ActorzError(
                     f"no actorz broker answered at {address} within {CONNECT_TIMEOUT_S:.0f}s; "

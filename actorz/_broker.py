@@ -18,7 +18,8 @@ import select
 import socket
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import zmq
 
@@ -46,7 +47,7 @@ _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _SNDMORE = int(zmq.SNDMORE)
 # The Cython method, unwrapped: pyzmq's own getsockopt turns EVENTS into an enum.Flag,
 # which made up most of the broker's Python time per message in a profile.
-_get_option = zmq.backend.Socket.get
+_get_option = cast("Callable[[zmq.Socket[Any], int], int]", zmq.backend.Socket.get)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _unpack = P.HEADER.unpack_from
@@ -58,7 +59,8 @@ class ActorRecord:
                  "methods", "name", "namespace", "node", "owner", "peers", "pid", "reason",
                  "resources", "spec", "state")
 
-    def __init__(self, actor_id: bytes, owner: bytes, meta: dict[str, Any], spec: list[Any]) -> None:
+    def __init__(self, actor_id: bytes, owner: bytes, meta: dict[str, Any],
+                 spec: list[Any]) -> None:
         self.id = actor_id
         self.owner = owner
         self.meta = meta
@@ -146,7 +148,7 @@ class Broker:
         # Poll the socket's FD directly (zmq.Poller allocates per call); the FD is
         # edge-triggered, so ask EVENTS before every wait and drain until it is empty.
         poller = select.poll()
-        poller.register(self.sock.getsockopt(zmq.FD), select.POLLIN)
+        poller.register(self.sock.fileno(), select.POLLIN)
         if stop_fd is not None:
             poller.register(stop_fd, select.POLLIN)
         next_check = time.monotonic() + 0.5

@@ -26,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -50,7 +50,7 @@ _REPLY, _ERROR, _FAIL, _CONTROL = P.REPLY, P.ERROR, P.FAIL, P.CONTROL
 _FLAG_SHM = P.FLAG_SHM
 _EVENTS, _POLLIN, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.SNDMORE)
 # The Cython method, unwrapped: pyzmq's getsockopt turns EVENTS into an enum.Flag (2x).
-_get_option = zmq.backend.Socket.get
+_get_option = cast("Callable[[zmq.Socket[Any], int], int]", zmq.backend.Socket.get)
 #: Frames at least this large are received without a copy.
 _ZERO_COPY_MIN = 64 * 1024
 
@@ -100,12 +100,12 @@ class _Waker:
 class Client:
     """One process's connection to the broker and its calls in flight."""
 
-    def __init__(self, ctx: zmq.Context, address: str, identity: bytes) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], address: str, identity: bytes) -> None:
         self.ctx = ctx
         self.address = address
         self.identity = identity
         self.sock = dealer(ctx, address, identity)
-        self.fd: int = self.sock.getsockopt(zmq.FD)
+        self.fd = self.sock.fileno()
         # Re-entrant: a handler running inside the drain may queue a reply.
         self._lock = threading.RLock()
         self._outbox: dict[bytes, tuple[list[bytes], list[Any]]] = {}
@@ -118,6 +118,9 @@ class Client:
         #: True after a drain emptied the socket, until a send or an FD wake-up: no new
         #: message can be behind an armed FD, so another drain would find nothing.
         self.clean = False
+        #: Where this process's named actors live, and whether it prints actors' output.
+        self.namespace = "default"
+        self.log_to_driver = False
         #: Where large buffers go on this host (embedded clusters); None: through sockets.
         self.shm_dir: str | None = None
         self._pending: dict[int, Pending] = {}
@@ -209,7 +212,7 @@ class Client:
             self._pending[p.call_id] = p
             self._blocked.setdefault(key, deque()).append(d)
         for dep in deps:
-            self.add_callback(dep, lambda _p, key=key: self._unblock(key))
+            self.add_callback(dep, lambda _p: self._unblock(key))
         self._unblock(key)
 
     def _unblock(self, key: Any) -> None:
@@ -394,6 +397,8 @@ class Client:
         sock = self.sock
         recv = sock.recv
         pending = self._pending
+        bufs: list[memoryview] | tuple[()]
+        ibufs: list[memoryview] | tuple[memoryview, ...]
         for _ in range(_DRAIN_BATCH):
             # Asking EVENTS instead of letting recv raise zmq.Again (~3-10 us in pyzmq).
             try:
@@ -408,9 +413,11 @@ class Client:
                 blob = frame.bytes if len(frame) < _ZERO_COPY_MIN else frame.buffer
                 if frame.more:
                     bufs = []
-                    while frame.more:
+                    while True:  # not `while frame.more`: mypy narrows that to always-true
                         frame = recv(copy=False)
                         bufs.append(frame.buffer)
+                        if not frame.more:
+                            break
                 else:
                     bufs = ()
             except zmq.ZMQError:
@@ -573,7 +580,7 @@ class Client:
             cbs = p.callbacks
             if cbs is None:
                 cbs = p.callbacks = []
-            cbs.append(lambda p, src=src, call_id=call_id: self._answer_fetch(src, call_id, p))
+            cbs.append(lambda p: self._answer_fetch(src, call_id, p))
             return
         self._answer_fetch_locked(src, call_id, p)
 
@@ -769,7 +776,7 @@ class Client:
         with self._lock:
             if p.state != PENDING:
                 return
-            for key, queue in self._blocked.items():
+            for queue in self._blocked.values():
                 for d in queue:
                     if d.pending is p:
                         queue.remove(d)

@@ -36,6 +36,7 @@ class TaggedStream(io.TextIOBase):
         self._buf: dict[Any, str] = {}
         self._lock = threading.Lock()
 
+    # A read-only property, as on io.TextIOWrapper; typeshed declares a plain attribute.
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"

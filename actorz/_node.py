@@ -73,9 +73,10 @@ class NodeAgent:
     stopped when that was a failure (``None`` for a requested stop).
     """
 
-    def __init__(self, ctx: zmq.Context[Any], address: str, *, num_workers: int | None = None,
-                 resources: dict[str, float] | None = None, name: str | None = None,
-                 show_ip: bool = False, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], address: str, *,
+                 num_workers: int | None = None, resources: dict[str, float] | None = None,
+                 name: str | None = None, show_ip: bool = False,
+                 connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
         self.address = address
         self.identity = P.new_id(P.NODE)
         self.sock = dealer(ctx, address, self.identity)

@@ -84,10 +84,7 @@ class Pending:
     def exception(self) -> BaseException:
         value = self.value
         if value is _UNSET:
-            if self.kind == P.ERROR:
-                value = S.loads_error(self.data)
-            else:
-                value = fail_exception(self.data)
+            value = S.loads_error(self.data) if self.kind == P.ERROR else fail_exception(self.data)
             self.value = value
         return value  # type: ignore[no-any-return]
 
@@ -101,7 +98,7 @@ class Deferred:
 
     __slots__ = ("pending", "kind", "build", "args", "kwargs", "deps")
 
-    def __init__(self, pending: Pending, kind: int, build: Callable[..., bytes | tuple[bytes, list[Any]]],
+    def __init__(self, pending: Pending, kind: int, build: Callable[..., tuple[bytes, list[Any]]],
                  args: tuple[Any, ...], kwargs: dict[str, Any], deps: list[Pending]) -> None:
         self.pending = pending
         self.kind = kind

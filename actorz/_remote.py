@@ -21,7 +21,9 @@ _ACTOR_OPTIONS = {
     "max_concurrency", "name", "namespace", "lifetime", "get_if_exists", "num_cpus",
     "num_gpus", "resources", "max_restarts", "max_task_retries", "memory",
 }
-_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_retries", "num_returns", "name", "memory"}
+_TASK_OPTIONS = {
+    "num_cpus", "num_gpus", "resources", "max_retries", "num_returns", "name", "memory",
+}
 DEFAULT_ASYNC_CONCURRENCY = 1000
 DEFAULT_THREADED_CONCURRENCY = 1
 
@@ -68,14 +70,11 @@ def _check_common(options: dict[str, Any], allowed: set[str], what: str) -> None
         if v is not None and (not isinstance(v, int | float) or isinstance(v, bool) or v < 0):
             raise ValueError(f"{key} must be a non-negative number, got {v!r}")
     res = options.get("resources")
-    if res is not None:
-        if not isinstance(res, dict) or not all(
-            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
-            for k, v in res.items()
-        ):
-            raise ValueError(
-                f"resources must be a dict of name -> non-negative number, got {res!r}"
-            )
+    if res is not None and not (isinstance(res, dict) and all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+        for k, v in res.items()
+    )):
+        raise ValueError(f"resources must be a dict of name -> non-negative number, got {res!r}")
 
 
 def _check_actor_options(options: dict[str, Any], what: str) -> dict[str, Any]:
@@ -254,6 +253,7 @@ class RemoteFunction(Generic[T]):
         self._definition: bytes | None = None
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        # None for a callable without a module; typeshed types __module__ as str.
         self.__module__ = getattr(fn, "__module__", None)  # type: ignore[assignment]
         self.__doc__ = getattr(fn, "__doc__", None)
 
@@ -293,4 +293,4 @@ def pending_state(ref: ObjectRef[Any]) -> int:
     return ref._pending().state if ref._p is not None else PENDING
 
 
-__all__ = ["ActorClass", "RemoteFunction", "remote", "ActorzError"]
+__all__ = ["ActorClass", "ActorzError", "RemoteFunction", "remote"]

@@ -84,7 +84,8 @@ def loads(data: Any, buffers: Any = ()) -> Any:
 
 def dumps_definition(obj: Any) -> bytes:
     """A class or function, by value where needed (cloudpickle), for one-time shipping."""
-    return cloudpickle.dumps(obj, 5)
+    data: bytes = cloudpickle.dumps(obj, 5)
+    return data
 
 
 # --- remote errors -----------------------------------------------------------
@@ -167,7 +168,9 @@ def rebuild_task_error(
             cls = pickle.loads(cls_bytes)
         except Exception:
             cls = None
-    dual = _dual_class(cls) if cls is not None else TaskError
+    # mypy checks a class object against Hashable by its instances' __hash__ signature;
+    # classes are hashable.
+    dual = _dual_class(cls) if cls is not None else TaskError  # type: ignore[arg-type]
     err = dual.__new__(dual)
     TaskError.__init__(err, cause, tb_text, function_name, type_name, message)
     if err.cause is None:

@@ -16,7 +16,9 @@ LINGER_MS = 500
 HWM = 100_000
 
 
-def dealer(ctx: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
+def dealer(
+    ctx: zmq.Context[zmq.Socket[bytes]], address: str, identity: bytes
+) -> zmq.Socket[bytes]:
     """A DEALER endpoint connected to the broker, with its routing id set."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.ROUTING_ID, identity)
@@ -31,7 +33,7 @@ def dealer(ctx: zmq.Context, address: str, identity: bytes) -> zmq.Socket:
     return sock
 
 
-def router(ctx: zmq.Context, binds: list[str]) -> zmq.Socket:
+def router(ctx: zmq.Context[zmq.Socket[bytes]], binds: list[str]) -> zmq.Socket[bytes]:
     """The broker's ROUTER: unroutable sends raise instead of vanishing."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -125,7 +125,8 @@ class Timer:
                 next(plan)
                 fn()
         except StopIteration as end:
-            return end.value  # type: ignore[no-any-return]
+            result: tuple[float, float] = end.value  # _plan's return value
+            return result
 
     async def arate(self, fn: Callable[[], Awaitable[Any]],
                     multiplier: float = 1) -> tuple[float, float]:
@@ -136,7 +137,8 @@ class Timer:
                 next(plan)
                 await fn()
         except StopIteration as end:
-            return end.value  # type: ignore[no-any-return]
+            result: tuple[float, float] = end.value  # _plan's return value
+            return result
 
     async def latency(self, fn: Callable[[], Awaitable[Any]]) -> list[Result]:
         """p50 and p99 of one awaited call at a time; mean and std over the rounds."""
@@ -257,7 +259,7 @@ def run_suite(framework: str, version: str, cases: list[Case], args: argparse.Na
         for name, fn in chosen:
             try:
                 out = fn(timer)
-            except Exception as exc:  # noqa: BLE001 - one broken case must not hide the others
+            except Exception as exc:  # one broken case must not hide the others
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 print(f"# {name}: failed: {failed[name]}", flush=True)
                 continue
@@ -267,7 +269,8 @@ def run_suite(framework: str, version: str, cases: list[Case], args: argparse.Na
     finally:
         teardown()
     if args.json:
-        doc = {"framework": framework, "version": version, "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        doc = {"framework": framework, "version": version,
+               "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
                "duration_s": args.duration, "machine": info, "load_after": _load(),
                "results": [asdict(r) for r in results], "failed": failed}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")

@@ -35,7 +35,7 @@ class CliError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``actorz`` command with ``argv`` (default: ``sys.argv[1:]``); return its exit code."""
+    """Run the ``actorz`` command with ``argv`` (default ``sys.argv[1:]``); return its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "bench":
         # Everything after "bench" belongs to the benchmark suite's own parser.
@@ -397,7 +397,8 @@ def fetch_status(address: str, timeout: float = STATUS_TIMEOUT_S) -> dict[str, A
     import zmq
 
     from actorz import _protocol as P
-    from actorz._client import PENDING, Client
+    from actorz._client import Client
+    from actorz._pending import PENDING
 
     ctx = zmq.Context()
     client = Client(ctx, address, P.new_id(P.DRIVER))
@@ -473,7 +474,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
         return ["  (none)"]
     cells = [headers] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
+            for r in cells]
 
 
 # --- bench ----------------------------------------------------------------------------------

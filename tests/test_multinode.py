@@ -120,7 +120,8 @@ def test_actors_spread_over_the_nodes_and_call_each_other_across_them(cluster: C
     assert result["nested"] == "payload"
     # Each line printed on a node reaches this driver, prefixed with the node's ip.
     for i, pid in enumerate(result["pids"]):
-        assert re.search(rf"^\(Peer pid={pid}, ip=127\.0\.0\.1\) peer {i} here$", out, re.MULTILINE), out
+        line = rf"^\(Peer pid={pid}, ip=127\.0\.0\.1\) peer {i} here$"
+        assert re.search(line, out, re.MULTILINE), out
 
 
 def test_remote_functions_run_on_task_workers_of_every_node(cluster: Cluster) -> None:

@@ -27,7 +27,8 @@ def test_items_packed_into_one_blob_come_back_in_order_with_their_payloads() -> 
     ]
     # start/end bound each whole item, so the broker can re-pack one without parsing it.
     for _, _, _, _, _, start, end in items:
-        assert list(P.iter_items(blob[start:end]))[0][0] in (P.CALL, P.REPLY, P.CONTROL)
+        (one,) = P.iter_items(blob[start:end])
+        assert one[0] in (P.CALL, P.REPLY, P.CONTROL)
     assert items[-1][6] == len(blob)
 
 

@@ -34,6 +34,8 @@ class AsyncDispatcher(Dispatcher):
         self._scheduled = False
         self._inline = False
         self._tasks: dict[tuple[bytes, int], asyncio.Task[Any]] = {}
+        #: Calls whose _invoke started (and so answers for itself).
+        self._replied: set[tuple[bytes, int]] = set()
 
     def start(self, instance: Any) -> None:
         super().start(instance)
@@ -114,25 +116,37 @@ class AsyncDispatcher(Dispatcher):
             started = True
             key = (src, call_id)
             token = current_call.set(key)  # copied into the task's context
-            task = loop.create_task(coro)
+            task = loop.create_task(self._invoke(key, name, coro))
             current_call.reset(token)
             self._running += 1
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._done, key, name))
 
+    async def _invoke(self, key: tuple[bytes, int], name: str, coro: Any) -> None:
+        # Replies from inside the task's own step: the reply goes out one loop turn
+        # sooner than from a done callback (which asyncio runs on the next turn).
+        src, call_id = key
+        self._replied.add(key)
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            self.client.reply_fail(src, call_id, "TaskCancelledError",
+                                   f"{self.class_name}.{name} was cancelled")
+            raise
+        except Exception as exc:
+            self.client.reply_error(src, call_id, exc, f"{self.class_name}.{name}")
+        else:
+            self.client.reply(src, call_id, result)
+
     def _done(self, key: tuple[bytes, int], name: str, task: asyncio.Task[Any]) -> None:
         self._running -= 1
         self._tasks.pop(key, None)
         self.client.cancelled_calls.discard(key)
-        src, call_id = key
-        if task.cancelled():
-            self.client.reply_fail(src, call_id, "TaskCancelledError",
-                                   f"{self.class_name}.{name} was cancelled")
-        else:
-            exc = task.exception()
-            if exc is not None:
-                self.client.reply_error(src, call_id, exc, f"{self.class_name}.{name}")
-            else:
-                self.client.reply(src, call_id, task.result())
+        if key in self._replied:
+            self._replied.discard(key)
+        else:  # cancelled before its first step: _invoke never ran
+            coro_name = f"{self.class_name}.{name}"
+            self.client.reply_fail(key[0], key[1], "TaskCancelledError",
+                                   f"{coro_name} was cancelled")
         if self._queue:
             self._schedule()

@@ -83,7 +83,7 @@ def _run_task_worker(client: Client, info: dict[str, Any]) -> None:
     client.on_task = worker.submit
     client.on_cancel = worker.cancel
     client.on_drained = worker.drained
-    client.namespace = "default"  # type: ignore[attr-defined]
+    client.namespace = "default"
     client.send_item(P.BROKER, P.item(P.CONTROL, 0, P.encode_json(
         {"op": "hello", "role": "worker", "pid": os.getpid(), "node": info.get("node")})),
         flush=True)
@@ -116,7 +116,7 @@ def _run_actor(client: Client) -> None:
     client.wait(lambda: hello.state != PENDING, None)
     bufs = hello.bufs  # before result(), which lets go of the raw frames
     meta = hello.result()
-    client.namespace = meta.get("namespace", "default")  # type: ignore[attr-defined]
+    client.namespace = meta.get("namespace", "default")
     class_name = meta.get("class_name", "Actor")
     max_concurrency = int(meta.get("max_concurrency") or 1)
     if meta.get("is_async"):

@@ -116,10 +116,11 @@ def serve(fd: int) -> None:
             children.discard(pid)
             send(("exited", pid, status))
 
+    watched: list[socket.socket | int] = [ctl, sig_r]
     running = True
     while running:
         try:
-            readable, _, _ = select.select([ctl, sig_r], [], [])
+            readable, _, _ = select.select(watched, [], [])
         except InterruptedError:
             continue
         if sig_r in readable:

@@ -89,7 +89,7 @@ async def start_actors(args: argparse.Namespace) -> actorz.ActorHandle[Any]:
                                    STARTUP_TIMEOUT_S)
     admitted = args.backends * args.max_concurrency + args.queue_limit
     lb = LoadBalancer.options(max_concurrency=admitted + LB_HEADROOM).remote(
-        [(info["name"], b, info["pid"]) for b, info in zip(backends, infos)],
+        [(info["name"], b, info["pid"]) for b, info in zip(backends, infos, strict=True)],
         args.max_concurrency, args.queue_limit,
     )
     stats = await asyncio.wait_for(lb.stats.remote(), STARTUP_TIMEOUT_S)

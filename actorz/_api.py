@@ -25,13 +25,15 @@ from actorz._client import Client
 from actorz._logging import DriverLogSink
 from actorz._pending import PENDING
 from actorz._refs import ActorHandle, ObjectRef
-from actorz._transport import check_address, private_ipc_address
+from actorz._transport import check_address, private_ipc_address, wait_reachable
 from actorz.exceptions import ActorzError, GetTimeoutError
 
 T = TypeVar("T")
 
 #: How long ``init`` waits for a broker (and, embedded, its first node) to answer.
 CONNECT_TIMEOUT_S = 30.0
+#: How long a refused connection or a missing ipc path may last before ``init`` gives up.
+REACHABLE_TIMEOUT_S = 5.0
 #: How long ``shutdown`` waits for the output still on its way from the nodes.
 LOG_FLUSH_TIMEOUT_S = 2.0
 
@@ -129,6 +131,13 @@ def init(
             address = cluster.address
         else:
             address = check_address(address)
+            why = wait_reachable(address, REACHABLE_TIMEOUT_S)
+            if why is not None:
+                raise ActorzError(
+                    f"no actorz broker at {address}: {why}; start one with 'actorz up' (or "
+                    "'actorz broker'), or call actorz.init() with no address for an "
+                    "embedded cluster"
+                )
         _register_by_value(by_value)
         ctx = zmq.Context()
         client = Client(ctx, address, P.new_id(P.DRIVER))

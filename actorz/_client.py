@@ -48,6 +48,8 @@ _HSIZE = P.HEADER_SIZE
 _VERSION = P.VERSION
 _REPLY, _ERROR, _FAIL, _CONTROL = P.REPLY, P.ERROR, P.FAIL, P.CONTROL
 _FLAG_SHM = P.FLAG_SHM
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 _EVENTS, _POLLIN, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.SNDMORE)
 # The Cython method, unwrapped: pyzmq's getsockopt turns EVENTS into an enum.Flag (2x).
 _get_option = cast("Callable[[zmq.Socket[Any], int], int]", zmq.backend.Socket.get)
@@ -155,6 +157,7 @@ class Client:
         #: When the broker was last heard from, and whether it said it forgot us.
         self.last_broker = _monotonic()
         self.broker_forgot = False
+        self._warned_malformed = False
         self._shut = False
         self._wakers_created: list[_Waker] = []
 
@@ -407,8 +410,13 @@ class Client:
                     self.clean = True
                     return done, completed
                 # Frame by frame: small frames as bytes (cheaper than Frame objects),
-                # large ones zero-copy.
-                src = recv()
+                # large ones zero-copy. NOBLOCK on the first: EVENTS has been seen to say
+                # POLLIN with nothing to read (a non-ZeroMQ server at the address), and a
+                # blocking recv then hung init() forever.
+                src = recv(_NOBLOCK)
+                if not _get_option(sock, _RCVMORE):  # no payload: not from an actorz broker
+                    self._malformed(src)
+                    continue
                 frame = recv(copy=False)
                 blob = frame.bytes if len(frame) < _ZERO_COPY_MIN else frame.buffer
                 if frame.more:
@@ -510,6 +518,12 @@ class Client:
         else:
             log.error("actorz: dropped an item of unknown kind %d", kind)
         return 0
+
+    def _malformed(self, first: bytes) -> None:
+        if not self._warned_malformed:
+            self._warned_malformed = True
+            log.error("actorz: dropping messages that are not actorz protocol from %s (is "
+                      "an actorz broker listening there?): %r", self.address, first[:40])
 
     def _shm_failed(self, src: bytes, kind: int, call_id: int, exc: BaseException) -> bool:
         """A shared-memory buffer could not be mapped. True: fail the item as a result

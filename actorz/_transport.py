@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tempfile
+import time
 from urllib.parse import urlsplit
 
 import zmq
@@ -93,3 +95,39 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def wait_reachable(address: str, timeout: float) -> str | None:
+    """Why nothing can be listening at ``address`` (None if something may be).
+
+    A cheap check before ZeroMQ's handshake, which retries silently: an unknown host, or
+    a refused connection / missing ipc path that lasts ``timeout`` seconds (a broker may
+    be starting at the same moment), is reported at once instead of after the full wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if address.startswith("ipc://"):
+            path = address[len("ipc://"):]
+            if os.path.exists(path):
+                return None
+            why = f"there is no socket at {path}"
+        else:
+            parts = urlsplit(address)
+            try:
+                infos = socket.getaddrinfo(parts.hostname, parts.port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, ValueError) as exc:
+                return f"cannot resolve the host {parts.hostname!r}: {exc}"
+            why = "connection refused"
+            for family, kind, proto, _, sockaddr in infos:
+                try:
+                    with socket.socket(family, kind, proto) as probe:
+                        probe.settimeout(max(0.1, deadline - time.monotonic()))
+                        probe.connect(sockaddr)
+                    return None
+                except ConnectionRefusedError:
+                    continue
+                except OSError:  # unreachable network, timeout: let ZeroMQ try and see
+                    return None
+        if time.monotonic() >= deadline:
+            return why
+        time.sleep(0.1)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -15,6 +17,7 @@ from conftest import EXIT_GRACE_S, descendants
 from helpers import TIMEOUT, Gate, run_driver
 
 import actorz
+from actorz import _api
 from actorz.exceptions import ActorzError
 
 
@@ -155,3 +158,49 @@ def test_a_driver_killed_with_sigkill_leaves_no_process_behind(tmp_path: Path) -
     assert result.returncode == -signal.SIGKILL
     pids = driver_pids(result.stdout)
     assert wait_gone(pids) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_init_at_an_address_nobody_listens_on_fails_fast_and_clearly(no_cluster: None) -> None:
+    start = time.monotonic()
+    with pytest.raises(ActorzError, match="connection refused"):
+        actorz.init(f"tcp://127.0.0.1:{_free_port()}")
+    assert time.monotonic() - start < 20  # a bounded retry, not the full handshake wait
+    assert not actorz.is_initialized()
+
+
+def test_init_at_a_server_that_is_not_actorz_fails_instead_of_hanging(
+        no_cluster: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A TCP server answering like a web server: ZeroMQ delivers its bytes as a one-frame
+    # message, which once made init() block forever in a recv.
+    monkeypatch.setattr(_api, "CONNECT_TIMEOUT_S", 3.0)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(ActorzError, match="no actorz broker answered"):
+            actorz.init(f"tcp://127.0.0.1:{port}")
+        assert time.monotonic() - start < 20
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()

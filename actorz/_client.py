@@ -842,10 +842,21 @@ class Client:
         for w in self._wakers_created:
             w.close()
 
-    def start_watcher(self, heartbeat: bool = False) -> None:
-        """Start the background thread that drains when no other thread does."""
+    def start_watcher(self, heartbeat: bool = False, watch_socket: bool = True) -> None:
+        """Start the background thread that drains when no other thread does.
+
+        ``watch_socket=False``: it only flushes when woken (``flush_soon``), for processes
+        whose event loop receives on the socket.
+        """
         if self._watcher is None:
-            self._watcher = Watcher(self, heartbeat)
+            self._watcher = Watcher(self, heartbeat, watch_socket)
+
+    def flush_soon(self) -> None:
+        """Have the watcher send the outbox while this thread goes on (else send now)."""
+        if self._watcher is not None:
+            self._watcher.wake()
+        else:
+            self.flush()
 
     def lost(self, reason: str) -> None:
         """The broker is gone: this session is over. Calls fail now and from now on."""

@@ -33,9 +33,10 @@ _NAP_MS = 5
 class Watcher:
     """The thread; ``wake()`` from any thread makes it flush and drain now."""
 
-    def __init__(self, client: Client, heartbeat: bool) -> None:
+    def __init__(self, client: Client, heartbeat: bool, watch_socket: bool = True) -> None:
         self.client = client
         self.heartbeat = heartbeat
+        self.watch_socket = watch_socket
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -65,7 +66,8 @@ class Watcher:
     def _run(self) -> None:
         client = self.client
         poller = select.poll()
-        poller.register(client.fd, select.POLLIN)
+        if self.watch_socket:
+            poller.register(client.fd, select.POLLIN)
         poller.register(self._r, select.POLLIN)
         # While a thread is blocked in wait() it receives on the socket itself; the
         # watcher then only listens to its pipe and looks again every few ms, instead

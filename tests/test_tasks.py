@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import TIMEOUT, Gate, Rendezvous
@@ -133,3 +135,35 @@ def test_cancelling_a_running_async_task_raises_task_cancelled_error(cluster: No
 
 def test_many_small_tasks_complete(cluster: None) -> None:
     assert sum(actorz.get([double.remote(1) for _ in range(2000)], timeout=TIMEOUT)) == 4000
+
+
+@actorz.remote
+def quick(x: int) -> int:
+    return x
+
+
+@actorz.remote
+def read_fifo(path: str) -> str:
+    with open(path) as f:  # blocks, outside actorz, until the test opens it for writing
+        return f.read()
+
+
+def test_a_quick_tasks_result_is_not_held_back_by_a_task_queued_behind_it(
+        no_cluster: None, tmp_path: Path) -> None:
+    actorz.init(num_workers=1)  # one worker: both tasks queue on it, the quick one first
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    actorz.get(quick.remote(0), timeout=TIMEOUT)
+    # Submitted in one event-loop tick they travel as one message to the one worker,
+    # which runs the quick task and then blocks in the second; the first result must
+    # arrive all the same.
+
+    async def submit_together() -> list[actorz.ObjectRef[Any]]:
+        return [quick.remote(1), read_fifo.remote(str(fifo))]
+
+    refs = asyncio.run(submit_together())
+    assert actorz.get(refs[0], timeout=TIMEOUT) == 1
+    assert not refs[1].done()
+    with open(fifo, "w") as f:
+        f.write("released")
+    assert actorz.get(refs[1], timeout=TIMEOUT) == "released"

@@ -80,6 +80,7 @@ def _run_task_worker(client: Client, info: dict[str, Any]) -> None:
     asyncio.set_event_loop(loop)
     _attach(client, loop)
     worker = TaskWorker(client, loop)
+    client.start_watcher(watch_socket=False)  # sends results while a long task runs
     client.on_task = worker.submit
     client.on_cancel = worker.cancel
     client.on_drained = worker.drained

@@ -84,6 +84,13 @@ class TaskWorker:
         client = self.client
         queue = self._queue
         while queue:
+            if client._unflushed:
+                # A quick task's result must not wait for a long one queued behind it on
+                # this worker: the watcher thread sends it while the next task runs (at
+                # once if that task waits on I/O, within the GIL's 5 ms switch interval if
+                # it computes). Flushing here instead, per task, cost 60% of the
+                # throughput of bursts of small tasks (61k -> 24k/s).
+                client.flush_soon()
             src, call_id, payload, bufs = queue.popleft()
             name = "task"
             token = None

@@ -576,7 +576,7 @@ class Broker:
         node, missing = self._place(rec.resources)
         if node is None:
             reason = (f"cannot create actor {rec.class_name}: {missing}")
-            log.warning("%s", reason)
+            log.info("%s", reason)  # the creator gets the error; the log only records it
             self.dead[actor_id] = reason
             self._reply_fail(src, call_id, "ActorzError", reason)
             return

@@ -169,7 +169,7 @@ def _rebuild_ref(owner: bytes, call_id: int) -> ObjectRef[Any]:
 def submit(client: Client, dest: bytes, kind: int, name: str, args: tuple[Any, ...],
            kwargs: dict[str, Any], encode: Callable[[tuple[Any, ...], dict[str, Any] | None],
                                                     tuple[bytes, list[Any]]],
-           key: Any = None) -> ObjectRef[Any]:
+           key: Any = None, what: str | None = None) -> ObjectRef[Any]:
     """Send one call; top-level ``ObjectRef`` arguments are resolved to values first."""
     p = Pending(client._next_id(), dest, name)
     for a in args:
@@ -178,7 +178,10 @@ def submit(client: Client, dest: bytes, kind: int, name: str, args: tuple[Any, .
             break
     else:
         if not kwargs or not _needs_prep(kwargs.values()):
-            payload, bufs = encode(args, kwargs or None)
+            try:
+                payload, bufs = encode(args, kwargs or None)
+            except Exception as exc:
+                raise S.argument_error(what or name, exc) from exc
             client.send_call(p, kind, payload, bufs)
             return ObjectRef(client.identity, p.call_id, p, client)
     deps = [a._pending() for a in _refs_in(args, kwargs)]
@@ -186,7 +189,10 @@ def submit(client: Client, dest: bytes, kind: int, name: str, args: tuple[Any, .
     def build() -> tuple[bytes, list[Any]]:
         new_args = tuple(_value(a) for a in args)
         new_kwargs = {k: _value(v) for k, v in kwargs.items()} if kwargs else None
-        return encode(new_args, new_kwargs)
+        try:  # an upstream ref's error above goes out as it is; this one gets context
+            return encode(new_args, new_kwargs)
+        except Exception as exc:
+            raise S.argument_error(what or name, exc) from exc
 
     if not deps:
         payload, bufs = build()
@@ -247,10 +253,15 @@ class ActorMethod:
         else:
             if not kwargs:
                 p = Pending(client._next_id(), h._actorz_id, self._name)
-                payload, bufs = S.dumps((self._name, args, None))
+                try:
+                    payload, bufs = S.dumps((self._name, args, None))
+                except Exception as exc:
+                    raise S.argument_error(
+                        f"{h._actorz_class_name}.{self._name}", exc) from exc
                 client.send_call(p, P.CALL, payload, bufs)
                 return ObjectRef(client.identity, p.call_id, p, client)
-        return submit(client, h._actorz_id, P.CALL, self._name, args, kwargs, self._encode)
+        return submit(client, h._actorz_id, P.CALL, self._name, args, kwargs, self._encode,
+                      what=f"{h._actorz_class_name}.{self._name}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(

@@ -150,6 +150,17 @@ class ActorClass(Generic[T]):
         """True when this class runs an async dispatcher (decided at definition)."""
         return self._is_async
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the wrapper does not have, e.g. Counter.incr.remote().
+        if name.startswith("_") or name not in self.__dict__.get("_methods", ()):
+            raise AttributeError(f"actor class {self.__dict__.get('__name__', '?')!r} has no "
+                                 f"attribute {name!r}")
+        cls = self.__dict__["__name__"]
+        raise AttributeError(
+            f"{cls}.{name} is a method of the actor class; methods are called on an actor: "
+            f"create one with 'a = {cls}.remote()', then call 'a.{name}.remote()'"
+        )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"Actor classes cannot be instantiated directly. Use "
@@ -172,7 +183,10 @@ class ActorClass(Generic[T]):
         if self._definition is None:
             self._definition = S.dumps_definition(self._cls)
         args, kwargs = _resolve_init_args(client, args, kwargs)
-        spec, bufs = S.dumps((self._definition, args, kwargs))
+        try:
+            spec, bufs = S.dumps((self._definition, args, kwargs))
+        except Exception as exc:
+            raise S.argument_error(f"{self.__name__}.__init__", exc) from exc
         actor_id = P.new_id(P.ACTOR)
         default_mc = DEFAULT_ASYNC_CONCURRENCY if self._is_async else DEFAULT_THREADED_CONCURRENCY
         resources = dict(options.get("resources") or {})

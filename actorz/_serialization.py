@@ -78,6 +78,15 @@ def _snapshot(buf: pickle.PickleBuffer) -> Any:
     return buf if view.readonly else view.tobytes()
 
 
+def argument_error(what: str, exc: BaseException) -> TypeError:
+    """The error for arguments that cannot travel: says which call and what to do."""
+    return TypeError(
+        f"cannot send the arguments of {what} to another process: {type(exc).__name__}: "
+        f"{exc}. Arguments are pickled (cloudpickle): pass plain data, or build the "
+        "object inside the actor or task."
+    )
+
+
 def loads(data: Any, buffers: Any = ()) -> Any:
     return _loads(data, buffers=buffers)
 

@@ -73,7 +73,9 @@ def check_address(address: str) -> str:
         try:
             port = parts.port
         except ValueError:
-            port = None
+            raise ValueError(
+                f"address {address!r} has a port out of range (0-65535) or not a number"
+            ) from None
         if not parts.hostname or port is None:
             raise ValueError(
                 f"address {address!r} needs a host and a port, e.g. 'tcp://127.0.0.1:6380'"

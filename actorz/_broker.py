@@ -34,6 +34,8 @@ WORKER_CREDIT = 32
 PEER_TIMEOUT_S = 5.0
 #: Messages kept for one slow peer before new ones are refused.
 MAX_BACKLOG = 100_000
+#: How long a status request waits for the actors to report their calls in flight.
+STATS_WAIT_S = 0.5
 #: Dead actors remembered (to answer late calls with the reason they died).
 MAX_DEAD = 10_000
 #: A waiting driver starts this long after a node joined, even if a worker is missing.
@@ -139,6 +141,8 @@ class Broker:
         #: Log flushes in progress: token -> (driver, call id, nodes yet to answer, deadline).
         self.flushes: dict[int, tuple[bytes, int, set[bytes], float]] = {}
         self._next_token = 0
+        #: status requests waiting for the actors' counts of calls in flight, by token.
+        self.status_waits: dict[int, dict[str, Any]] = {}
         self.running = True
         self.started = time.time()
 
@@ -422,6 +426,8 @@ class Broker:
     def _check_liveness(self, now: float) -> None:
         if self.flushes:
             self._expire_flushes(now)
+        if self.status_waits:
+            self._expire_status_waits(now)
         if self.hello_waiters and any(now - n.last_seen < PEER_TIMEOUT_S
                                       and time.time() - n.since > WORKERS_READY_S
                                       for n in self.nodes.values()):
@@ -721,14 +727,47 @@ class Broker:
                 self._reply(driver, call_id, ok=False)
 
     def _op_status(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
-        now = time.monotonic()
-        self._reply(src, call_id, **self.status(now))
+        """Answer with the cluster, once live actors said how many calls they hold.
 
-    def status(self, now: float) -> dict[str, Any]:
+        Calls in flight are asked of the actors (not counted here: that would cost every
+        forwarded message a walk over its items); the answer goes out when all have
+        replied, or after ``STATS_WAIT_S`` with what came in (missing ones: ``null``).
+        """
+        alive = [r.id for r in self.actors.values() if r.state is ALIVE]
+        if not alive:
+            self._reply(src, call_id, **self.status(time.monotonic()))
+            return
+        self._next_token += 1
+        token = self._next_token
+        self.status_waits[token] = {"src": src, "call_id": call_id, "want": set(alive),
+                                    "got": {}, "deadline": time.monotonic() + STATS_WAIT_S}
+        for actor in alive:
+            self._notify(actor, "stats", token=token)
+
+    def _op_stats_reply(self, src: bytes, call_id: int, msg: dict[str, Any],
+                        bufs: Any) -> None:
+        wait = self.status_waits.get(msg.get("token", 0))
+        if wait is None:
+            return
+        wait["got"][src] = msg.get("inflight")
+        if len(wait["got"]) >= len(wait["want"]):
+            self._answer_status(msg["token"])
+
+    def _answer_status(self, token: int) -> None:
+        wait = self.status_waits.pop(token)
+        self._reply(wait["src"], wait["call_id"],
+                    **self.status(time.monotonic(), inflight=wait["got"]))
+
+    def _expire_status_waits(self, now: float) -> None:
+        for token, wait in list(self.status_waits.items()):
+            if now >= wait["deadline"]:
+                self._answer_status(token)
+
+    def status(self, now: float, inflight: dict[bytes, int] | None = None) -> dict[str, Any]:
         """The registry as plain data: what ``actorz status`` prints.
 
-        Per-actor calls in flight are not counted here: that would cost every forwarded
-        message a walk over its items (``inflight`` is ``None``; see DESIGN.md).
+        ``inflight``: calls each actor holds (running and queued), as the actors told
+        ``_op_status``; ``None`` for an actor that did not answer in time.
         """
         wall = time.time()
         names = {n.id: n.name for n in self.nodes.values()}
@@ -746,7 +785,8 @@ class Broker:
                 {"id": r.id.hex(), "class_name": r.class_name, "name": r.name,
                  "namespace": r.namespace, "node": names.get(r.node) if r.node else None,
                  "pid": r.pid, "state": r.state, "detached": r.detached,
-                 "owner": r.owner.hex(), "resources": r.resources, "inflight": None}
+                 "owner": r.owner.hex(), "resources": r.resources,
+                 "inflight": (inflight or {}).get(r.id)}
                 for r in self.actors.values()
             ],
             "workers": [

@@ -204,3 +204,22 @@ def test_init_at_a_server_that_is_not_actorz_fails_instead_of_hanging(
         stop.set()
         thread.join(5)
         server.close()
+
+
+def test_status_counts_the_calls_each_actor_holds(cluster: None) -> None:
+    from actorz import _context
+    from actorz.cli import fetch_status
+
+    gate = Gate.remote()
+    held = [gate.wait_open.remote(i) for i in range(3)]
+    assert actorz.get(gate.wait_waiters.remote(3), timeout=TIMEOUT) == 3
+    address = _context.current().address
+
+    def inflight() -> object:
+        actors = fetch_status(address)["actors"]
+        return next(a["inflight"] for a in actors if a["id"] == gate._actorz_id.hex())
+
+    assert inflight() == 3  # the three held calls, running on the actor's loop
+    actorz.get(gate.open.remote(), timeout=TIMEOUT)
+    assert actorz.get(held, timeout=TIMEOUT) == [0, 1, 2]
+    assert inflight() == 0

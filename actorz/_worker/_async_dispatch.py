@@ -58,6 +58,9 @@ class AsyncDispatcher(Dispatcher):
         else:
             self._schedule()
 
+    def in_flight(self) -> int:
+        return self._running + len(self._queue)
+
     def drained(self) -> None:
         """``Client.on_drained``: start what the drain just delivered, in the same turn."""
         if self._inline:

@@ -33,6 +33,10 @@ class Dispatcher:
     def cancel(self, src: bytes, call_id: int) -> None:
         raise NotImplementedError
 
+    def in_flight(self) -> int:
+        """Calls this actor holds, running or waiting (for ``actorz status``)."""
+        raise NotImplementedError
+
     def lookup(self, name: str) -> tuple[Any, int]:
         """The bound method and its kind; cached, because every call needs it."""
         entry = self._methods.get(name)

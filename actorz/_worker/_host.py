@@ -143,6 +143,13 @@ def _take_over(client: Client, dispatcher: Any, early: list[tuple[bytes, int, An
         early.clear()
         client.on_call = dispatcher.submit
         client.on_cancel = dispatcher.cancel
+        client.on_control = lambda msg: _on_control(client, dispatcher, msg)
+
+
+def _on_control(client: Client, dispatcher: Any, msg: dict[str, Any]) -> None:
+    if msg.get("op") == "stats":  # actorz status asks how many calls this actor holds
+        client.send_item(P.BROKER, P.control("stats_reply", token=msg.get("token"),
+                                             inflight=dispatcher.in_flight()))
 
 
 def _report_init_failure(client: Client, dispatcher: Any, reason: str) -> None:

@@ -27,6 +27,7 @@ class ThreadDispatcher(Dispatcher):
         self._cond = threading.Condition(threading.Lock())
         self._threads: list[threading.Thread] = []
         self._single = max_concurrency == 1
+        self._busy = 0  # calls running in the pool
         self._tid = 0
         self._waker: Any = None
 
@@ -56,6 +57,9 @@ class ThreadDispatcher(Dispatcher):
         self.client.reply_fail(src, call_id, "TaskCancelledError",
                                "the call was cancelled before it started")
 
+    def in_flight(self) -> int:
+        return self._busy + len(self._queue)
+
     def _has_work(self) -> bool:
         return bool(self._queue)
 
@@ -81,6 +85,8 @@ class ThreadDispatcher(Dispatcher):
                         cond.wait()
                 item = queue.popleft() if queue else None
                 more = bool(queue)
+                if item is not None:
+                    self._busy += 1
             if item is None:
                 try:
                     client.wait(self._has_work, None)
@@ -100,5 +106,7 @@ class ThreadDispatcher(Dispatcher):
                                    schedule=more)
             else:
                 client.reply(src, call_id, result, schedule=more)
+            with cond:
+                self._busy -= 1
             if not more:
                 client.flush()

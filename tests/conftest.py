@@ -7,6 +7,7 @@ gone once ``actorz.shutdown()`` returns (within a bounded wait), or the test fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -39,18 +40,25 @@ def _is_live(p: psutil.Process) -> bool:
         return False
 
 
-@pytest.fixture
-def cluster() -> Iterator[None]:
-    """A fresh embedded cluster with two task workers; leak-checked at teardown."""
+@contextlib.contextmanager
+def leak_checked() -> Iterator[None]:
+    """Start with no cluster; at the end shut down whatever runs and check nothing is left."""
     if actorz.is_initialized():
         actorz.shutdown()
-    actorz.init(num_workers=2)
     try:
         yield
     finally:
         procs = descendants()
         actorz.shutdown()
         assert_no_leaks(procs)
+
+
+@pytest.fixture
+def cluster() -> Iterator[None]:
+    """A fresh embedded cluster with two task workers; leak-checked at teardown."""
+    with leak_checked():
+        actorz.init(num_workers=2)
+        yield
 
 
 @pytest.fixture(params=["async", "threaded"])
@@ -62,11 +70,5 @@ def dispatcher(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def no_cluster() -> Iterator[None]:
     """No cluster at the start; whatever the test starts is shut down and leak-checked."""
-    if actorz.is_initialized():
-        actorz.shutdown()
-    try:
+    with leak_checked():
         yield
-    finally:
-        procs = descendants()
-        actorz.shutdown()
-        assert_no_leaks(procs)

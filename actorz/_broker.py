@@ -2,16 +2,13 @@
 
 Forwarding is a swap of the first two frames (``[src, dest, ...]`` in, ``[dest, src, ...]``
 out). Payloads are never unpickled; item headers are parsed only for messages addressed
-to the broker itself, for task-worker results (credits) and for bounces.
-
-Sends never block: ``ROUTER_MANDATORY`` makes an unknown peer raise instead of dropping
-the message, and ``NOBLOCK`` turns a peer at its high-water mark into a per-peer backlog
-(retried every few milliseconds) instead of a stall of every other peer.
+to the broker itself, for task-worker results (credits) and for bounces. The socket
+primitives (non-blocking sends, per-peer backlogs, bounces) are in ``_router.py``; the
+registry's entries and placement in ``_records.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import select
@@ -24,16 +21,22 @@ from typing import Any, cast
 import zmq
 
 from actorz import _protocol as P
-from actorz._transport import router
+from actorz._records import (
+    ALIVE,
+    DEAD,
+    PENDING,
+    ActorRecord,
+    NodeRecord,
+    WorkerRecord,
+    credit,
+    place,
+)
+from actorz._router import Router
 
 log = logging.getLogger("actorz.broker")
 
-#: Tasks a worker may hold at once (running and queued in its process).
-WORKER_CREDIT = 32
 #: A node or driver silent this long is gone (they ping every second).
 PEER_TIMEOUT_S = 5.0
-#: Messages kept for one slow peer before new ones are refused.
-MAX_BACKLOG = 100_000
 #: How long a status request waits for the actors to report their calls in flight.
 STATS_WAIT_S = 0.5
 #: Dead actors remembered (to answer late calls with the reason they died).
@@ -43,7 +46,6 @@ WORKERS_READY_S = 5.0
 #: How long a leaving driver's log flush waits for a node that does not answer.
 FLUSH_TIMEOUT_S = 1.0
 
-PENDING, ALIVE, DEAD = "pending", "alive", "dead"
 _RESULT_KINDS = P.RESULT_KINDS
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 _SNDMORE = int(zmq.SNDMORE)
@@ -57,75 +59,11 @@ _unpack = P.HEADER.unpack_from
 _HSIZE = P.HEADER_SIZE
 
 
-class ActorRecord:
-    __slots__ = ("buffered", "class_name", "created", "detached", "id", "log_to", "meta",
-                 "methods", "name", "namespace", "node", "owner", "peers", "pid", "reason",
-                 "resources", "spec", "state")
-
-    def __init__(self, actor_id: bytes, owner: bytes, meta: dict[str, Any],
-                 spec: list[Any]) -> None:
-        self.id = actor_id
-        self.owner = owner
-        self.meta = meta
-        self.class_name: str = meta.get("class_name", "?")
-        self.methods: list[str] = meta.get("methods", [])
-        self.name: str | None = meta.get("name")
-        self.namespace: str = meta.get("namespace") or "default"
-        self.detached: bool = bool(meta.get("detached"))
-        self.resources: dict[str, float] = meta.get("resources") or {}
-        self.node: bytes | None = None
-        self.state = PENDING
-        self.reason = ""
-        self.spec: list[Any] | None = spec
-        self.buffered: list[list[Any]] = []
-        self.peers: set[bytes] = {owner}
-        self.pid = 0
-        self.created = time.time()
-        #: The driver its output goes to (its creator's driver, for an actor made by an actor).
-        self.log_to = owner
-
-
-class NodeRecord:
-    __slots__ = ("actors", "available", "host", "id", "ip", "last_seen", "name", "num_workers",
-                 "pid", "resources", "since", "workers")
-
-    def __init__(self, node_id: bytes, msg: dict[str, Any]) -> None:
-        self.id = node_id
-        self.name: str = msg.get("name") or node_id.hex()[:8]
-        self.host: str = msg.get("host", "?")
-        self.ip: str = msg.get("ip") or ""
-        self.since = time.time()
-        self.pid: int = msg.get("pid", 0)
-        self.resources: dict[str, float] = dict(msg.get("resources") or {})
-        self.available = dict(self.resources)
-        self.actors: set[bytes] = set()
-        self.workers: set[bytes] = set()
-        self.num_workers: int = msg.get("num_workers", 0)
-        self.last_seen = time.monotonic()
-
-
-class WorkerRecord:
-    __slots__ = ("credit", "id", "inflight", "node", "pid")
-
-    def __init__(self, worker_id: bytes, node: bytes | None, pid: int) -> None:
-        self.id = worker_id
-        self.node = node
-        self.pid = pid
-        self.credit = WORKER_CREDIT
-        self.inflight: dict[tuple[bytes, int], bool] = {}
-
-
-class Broker:
+class Broker(Router):
     """Routes messages between endpoints; see the module docstring."""
 
     def __init__(self, ctx: zmq.Context[Any], binds: list[str], *, embedded: bool = False) -> None:
-        self.sock = router(ctx, [])
-        try:
-            #: The bound endpoints, wildcard ports resolved (``tcp://127.0.0.1:*``).
-            self.binds = [_bind(self.sock, address) for address in binds]
-        except BaseException:
-            self.sock.close(0)
-            raise
+        super().__init__(ctx, binds)
         self.embedded = embedded
         self.actors: dict[bytes, ActorRecord] = {}
         #: Non-detached actors by owner (driver, actor or task worker): stopped with it.
@@ -135,7 +73,6 @@ class Broker:
         self.workers: dict[bytes, WorkerRecord] = {}
         self.drivers: dict[bytes, dict[str, Any]] = {}
         self.tasks: deque[tuple[bytes, bytes, list[Any]]] = deque()
-        self.backlog: dict[bytes, deque[list[Any]]] = {}
         self.dead: OrderedDict[bytes, str] = OrderedDict()
         self.hello_waiters: list[tuple[bytes, int]] = []
         #: Log flushes in progress: token -> (driver, call id, nodes yet to answer, deadline).
@@ -183,37 +120,6 @@ class Broker:
         """Close the socket; ``linger_ms`` lets the last notices (``stop`` to nodes) go out."""
         self.sock.close(linger_ms)
 
-    def _recv(self) -> list[Any] | None:
-        """One message as ``[src, dest, blob, *buffers]``: ids as bytes, the rest as frames.
-
-        Frame by frame rather than recv_multipart(copy=False): a minimal forwarder costs
-        27 us of CPU per round trip this way against 72 us (measured on this machine).
-        """
-        recv = self.sock.recv
-        try:
-            src = recv(_NOBLOCK)  # EVENTS may say POLLIN with nothing to read
-        except zmq.Again:
-            return None
-        first = recv(copy=False)
-        if not first.more:
-            log.warning("dropped a malformed message from %s: no payload", src.hex())
-            return None
-        frame = recv(copy=False)
-        frames = [src, first.bytes, frame]
-        while frame.more:
-            frame = recv(copy=False)
-            frames.append(frame)
-        return frames
-
-    def _send_frames(self, frames: list[Any]) -> None:
-        """Send ``[dest, src, blob, *buffers]``; raises on the first frame (Again, unroutable)."""
-        send = self.sock.send
-        send(frames[0], _NOBLOCK_MORE)
-        last = len(frames) - 1
-        for i in range(1, last):
-            send(frames[i], _SNDMORE)
-        send(frames[last])
-
     def _drain(self) -> bool:
         """Route what has arrived; True if it stopped with more waiting (a batch is done)."""
         sock = self.sock
@@ -254,87 +160,7 @@ class Broker:
                 self._dispatch_tasks()
         return True
 
-    def _forward(self, dest: bytes, frames: list[Any]) -> None:
-        """Send ``[src, dest, ...]`` to dest as ``[dest, src, ...]``."""
-        frames[0], frames[1] = frames[1], frames[0]
-        q = self.backlog.get(dest)
-        if q is not None:
-            if len(q) >= MAX_BACKLOG:
-                self._bounce(frames[1], frames[2], "ActorzError",
-                             f"endpoint {dest.hex()} is not keeping up ({len(q)} messages "
-                             "queued at the broker); the call was refused")
-            else:
-                q.append(frames)
-            return
-        try:
-            self._send_frames(frames)
-        except zmq.Again:
-            self.backlog[dest] = deque([frames])
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._unreachable(frames[1], dest, frames[2])
-
-    def _send(self, dest: bytes, blob: bytes, bufs: list[Any] | tuple[()] = (),
-              src: bytes = P.BROKER) -> None:
-        """Send a message the broker made (``src`` defaults to the broker itself)."""
-        frames: list[Any] = [dest, src, blob, *bufs]
-        q = self.backlog.get(dest)
-        if q is not None:
-            q.append(frames)
-            return
-        try:
-            self._send_frames(frames)
-        except zmq.Again:
-            self.backlog[dest] = deque([frames])
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            # A peer that left: nothing to tell it.
-
-    def _retry_backlog(self) -> None:
-        for dest in list(self.backlog):
-            q = self.backlog[dest]
-            while q:
-                try:
-                    self._send_frames(q[0])
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:
-                    frames = q.popleft()
-                    if frames[1]:
-                        self._bounce(frames[1], frames[2], "ActorzError",
-                                     f"endpoint {dest.hex()} disconnected")
-                    continue
-                q.popleft()
-            if not q:
-                del self.backlog[dest]
-
-    def _reply(self, dest: bytes, call_id: int, **fields: Any) -> None:
-        if call_id:
-            self._send(dest, P.item(P.CONTROL, call_id, P.encode_json(fields)))
-
-    def _reply_fail(self, dest: bytes, call_id: int, error_type: str, message: str) -> None:
-        if call_id:
-            self._send(dest, P.item(P.FAIL, call_id, P.fail_payload(error_type, message)))
-
-    def _notify(self, dest: bytes, op: str, **fields: Any) -> None:
-        self._send(dest, P.control(op, **fields))
-
     # --- failures ----------------------------------------------------------------------
-
-    def _bounce(self, src: bytes, blob_frame: Any, error_type: str, message: str) -> None:
-        """Answer every call in an undeliverable message with a FAIL item."""
-        blob = blob_frame.buffer if hasattr(blob_frame, "buffer") else blob_frame
-        out = []
-        try:
-            for kind, _, _, call_id, _, _, _ in P.iter_items(blob):
-                if call_id and kind in (P.CALL, P.TASK, P.FETCH, P.CONTROL):
-                    out.append(P.item(P.FAIL, call_id, P.fail_payload(error_type, message)))
-        except P.ProtocolError:
-            return
-        if out and src:
-            self._send(src, b"".join(out))
 
     def _unreachable(self, src: bytes, dest: bytes, blob_frame: Any) -> None:
         rec = self.actors.get(dest)
@@ -579,7 +405,7 @@ class Broker:
                         "get_if_exists=True)")
                 return
         rec = ActorRecord(actor_id, src, msg, list(bufs))
-        node, missing = self._place(rec.resources)
+        node, missing = place(self.nodes, rec.resources)
         if node is None:
             reason = (f"cannot create actor {rec.class_name}: {missing}")
             log.info("%s", reason)  # the creator gets the error; the log only records it
@@ -603,23 +429,6 @@ class Broker:
         self._notify(node.id, "spawn_actor", actor=actor_id.hex(), class_name=rec.class_name,
                      owner=src.hex(), log_to=rec.log_to.hex(), log_to_driver=log_to_driver)
         self._reply(src, call_id, actor=actor_id.hex())
-
-    def _place(self, resources: dict[str, float]) -> tuple[NodeRecord | None, str]:
-        """The least-loaded node (fewest actors) with ``resources`` available, or why none."""
-        if not self.nodes:
-            return None, "the cluster has no node to run it (start one with 'actorz node')"
-        best: NodeRecord | None = None
-        for n in self.nodes.values():
-            avail = n.available
-            for k, v in resources.items():
-                if avail.get(k, 0) < v:
-                    break
-            else:
-                if best is None or len(n.actors) < len(best.actors):
-                    best = n
-        if best is not None:
-            return best, ""
-        return None, _why_no_fit(resources, list(self.nodes.values()))
 
     def _op_kill_actor(self, src: bytes, call_id: int, msg: dict[str, Any], bufs: Any) -> None:
         actor_id = bytes.fromhex(msg["actor"])
@@ -824,7 +633,7 @@ class Broker:
         ready = sum(1 for w in self.workers.values() if w.credit > 0)
         share = -(-len(tasks) // ready) if ready else 0
         while tasks:
-            w = max(self.workers.values(), key=_credit)
+            w = max(self.workers.values(), key=credit)
             if w.credit <= 0:
                 return
             caller = tasks[0][0]
@@ -871,72 +680,3 @@ def _read_or_eof(fd: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def _credit(w: WorkerRecord) -> int:
-    return w.credit
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}"
-
-
-def _why_no_fit(resources: dict[str, float], nodes: list[NodeRecord]) -> str:
-    """Name what is missing: which resource no node has enough of, and what there is."""
-    asked = ", ".join(f"{k}={_fmt(v)}" for k, v in resources.items())
-    missing = []
-    for k, v in resources.items():
-        most_free = max(n.available.get(k, 0) for n in nodes)
-        if most_free < v:
-            most_total = max(n.resources.get(k, 0) for n in nodes)
-            if most_total < v:
-                missing.append(f"{k}={_fmt(v)} (no node has that much {k}: the largest has "
-                               f"{_fmt(most_total)})")
-            else:
-                missing.append(f"{k}={_fmt(v)} (at most {_fmt(most_free)} of it is free now; "
-                               "other actors hold the rest)")
-    if not missing:
-        missing.append("all of them on one node (each is available, but on different nodes)")
-    have = "; ".join(
-        f"{n.name}: " + (", ".join(f"{k}={_fmt(v)}" for k, v in sorted(n.available.items()))
-                         or "nothing")
-        for n in nodes)
-    return (f"no node has the resources it asks for ({asked}): missing {'; '.join(missing)}. "
-            f"Free now: {have}. Start a node with them (actorz node --resources '{{...}}') or "
-            "ask for less")
-
-
-def _bind(sock: zmq.Socket[Any], address: str) -> str:
-    """Bind one address; return the endpoint as bound. Raises ``OSError`` saying why not."""
-    if address.startswith("ipc://"):
-        _check_ipc_free(address)
-    try:
-        sock.bind(address)
-    except zmq.ZMQError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise OSError(errno.EADDRINUSE,
-                          f"cannot bind the broker to {address}: the address is already in use "
-                          "(another actorz broker or another program listens there); stop it "
-                          "or choose another address") from None
-        raise OSError(exc.errno, f"cannot bind the broker to {address}: {exc}") from None
-    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
-    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
-
-
-def _check_ipc_free(address: str) -> None:
-    # ZeroMQ silently unlinks an existing ipc socket file and takes the path over, which
-    # would cut a running broker off from everyone who joins later: refuse instead.
-    path = address[len("ipc://"):]
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError:
-        return  # a stale file: nobody listens there
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE,
-                  f"cannot bind the broker to {address}: the address is already in use "
-                  "(another actorz broker listens there); stop it or choose another path")

@@ -179,7 +179,8 @@ class Client:
                 return
             self._pending[p.call_id] = p
             if dest in self._blocked:  # keep submission order behind a deferred call
-                self._blocked[dest].append(Deferred(p, kind, lambda: (payload, bufs), (), {}, []))
+                self._blocked[dest].append(
+                    Deferred(p, kind, lambda: (payload, bufs), (), {}, [], flags))
                 return
             self._append_locked(dest, hdr, payload, bufs)
             if self._unflushed:  # a flush is already due: ride along with it
@@ -234,8 +235,8 @@ class Client:
                     p.set_error(exc)
                     failed.append(p)
                     continue
-                flags = 0
-                if bufs:
+                flags = d.flags
+                if bufs and not flags & _FLAG_SHM:
                     bufs, flags = self._offload(bufs)
                 hdr = _pack_header(_VERSION, d.kind, flags, len(bufs), len(payload), p.call_id)
                 self._append_locked(p.dest, hdr, payload, bufs)

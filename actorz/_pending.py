@@ -96,16 +96,19 @@ class Pending:
 class Deferred:
     """A call waiting for its top-level ref arguments (sent once they are ready)."""
 
-    __slots__ = ("pending", "kind", "build", "args", "kwargs", "deps")
+    __slots__ = ("pending", "kind", "build", "args", "kwargs", "deps", "flags")
 
     def __init__(self, pending: Pending, kind: int, build: Callable[..., tuple[bytes, list[Any]]],
-                 args: tuple[Any, ...], kwargs: dict[str, Any], deps: list[Pending]) -> None:
+                 args: tuple[Any, ...], kwargs: dict[str, Any], deps: list[Pending],
+                 flags: int = 0) -> None:
         self.pending = pending
         self.kind = kind
         self.build = build
         self.args = args
         self.kwargs = kwargs
         self.deps = deps
+        #: Item flags of what ``build`` returns (FLAG_SHM: its buffers are already in shm).
+        self.flags = flags
 
     def ready(self) -> bool:
         return all(d.state != PENDING for d in self.deps)

@@ -72,10 +72,6 @@ def new_id(role: bytes) -> bytes:
     return role + os.urandom(8)
 
 
-def id_hex(ident: bytes) -> str:
-    return ident.hex()
-
-
 def header(kind: int, call_id: int, length: int, nbufs: int = 0, flags: int = 0) -> bytes:
     return HEADER.pack(VERSION, kind, flags, nbufs, length, call_id)
 

@@ -13,7 +13,6 @@ from actorz import _serialization as S
 from actorz._client import Client
 from actorz._pending import PENDING
 from actorz._refs import ActorHandle, ObjectRef, submit
-from actorz.exceptions import ActorzError
 
 T = TypeVar("T")
 
@@ -301,10 +300,3 @@ class RemoteFunction(Generic[T]):
 
     def __repr__(self) -> str:
         return f"<actorz remote function {self.__qualname__}>"
-
-
-def pending_state(ref: ObjectRef[Any]) -> int:
-    return ref._pending().state if ref._p is not None else PENDING
-
-
-__all__ = ["ActorClass", "ActorzError", "RemoteFunction", "remote"]

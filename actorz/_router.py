@@ -86,10 +86,22 @@ class Router:
     def _forward(self, dest: bytes, frames: list[Any]) -> None:
         """Send ``[src, dest, ...]`` to dest as ``[dest, src, ...]``."""
         frames[0], frames[1] = frames[1], frames[0]
+        self._deliver(dest, frames)
+
+    def _send(self, dest: bytes, blob: bytes, bufs: list[Any] | tuple[()] = (),
+              src: bytes = P.BROKER) -> None:
+        """Send a message the broker made (``src`` defaults to the broker itself)."""
+        self._deliver(dest, [dest, src, blob, *bufs])
+
+    def _deliver(self, dest: bytes, frames: list[Any]) -> None:
+        """Send ``[dest, src, blob, *buffers]`` without blocking: behind dest's backlog if
+        it has one, into a new one if dest is at its high-water mark. Calls that cannot
+        go (dest gone, or its backlog full) are bounced to their sender, if any."""
+        src = frames[1]
         q = self.backlog.get(dest)
         if q is not None:
-            if len(q) >= MAX_BACKLOG:
-                self._bounce(frames[1], frames[2], "ActorzError",
+            if src and len(q) >= MAX_BACKLOG:
+                self._bounce(src, frames[2], "ActorzError",
                              f"endpoint {dest.hex()} is not keeping up ({len(q)} messages "
                              "queued at the broker); the call was refused")
             else:
@@ -102,24 +114,8 @@ class Router:
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self._unreachable(frames[1], dest, frames[2])
-
-    def _send(self, dest: bytes, blob: bytes, bufs: list[Any] | tuple[()] = (),
-              src: bytes = P.BROKER) -> None:
-        """Send a message the broker made (``src`` defaults to the broker itself)."""
-        frames: list[Any] = [dest, src, blob, *bufs]
-        q = self.backlog.get(dest)
-        if q is not None:
-            q.append(frames)
-            return
-        try:
-            self._send_frames(frames)
-        except zmq.Again:
-            self.backlog[dest] = deque([frames])
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            # A peer that left: nothing to tell it.
+            if src:  # a message of the broker's own to a peer that left: nobody to tell
+                self._unreachable(src, dest, frames[2])
 
     def _retry_backlog(self) -> None:
         for dest in list(self.backlog):

@@ -63,3 +63,17 @@ def test_large_values_cross_the_cluster_by_shared_memory_and_leave_nothing(
     assert os.listdir(directory) == []  # every buffer was taken and unlinked
     actorz.shutdown()
     assert not os.path.exists(directory)
+
+
+def test_a_large_value_queued_behind_a_call_waiting_for_its_ref_arrives_intact(
+        cluster: None) -> None:
+    from helpers import TIMEOUT, Gate
+
+    gate = Gate.remote()
+    a = Echo.remote()
+    first = a.echo.remote(gate.wait_open.remote("first"))  # waits for its ref argument
+    data = os.urandom(BIG)
+    second = a.echo.remote(data)  # queued behind it, in order, already in shared memory
+    actorz.get(gate.open.remote(), timeout=TIMEOUT)
+    assert actorz.get(first, timeout=TIMEOUT) == "first"
+    assert actorz.get(second, timeout=TIMEOUT) == data

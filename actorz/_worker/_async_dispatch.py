@@ -34,8 +34,8 @@ class AsyncDispatcher(Dispatcher):
         self._scheduled = False
         self._inline = False
         self._tasks: dict[tuple[bytes, int], asyncio.Task[Any]] = {}
-        #: Calls whose _invoke started (and so answers for itself).
-        self._replied: set[tuple[bytes, int]] = set()
+        #: Cancelled calls whose _invoke already answered (the rest never started).
+        self._cancel_answered: set[tuple[bytes, int]] = set()
 
     def start(self, instance: Any) -> None:
         super().start(instance)
@@ -129,10 +129,10 @@ class AsyncDispatcher(Dispatcher):
         # Replies from inside the task's own step: the reply goes out one loop turn
         # sooner than from a done callback (which asyncio runs on the next turn).
         src, call_id = key
-        self._replied.add(key)
         try:
             result = await coro
         except asyncio.CancelledError:
+            self._cancel_answered.add(key)
             self.client.reply_fail(src, call_id, "TaskCancelledError",
                                    f"{self.class_name}.{name} was cancelled")
             raise
@@ -145,11 +145,11 @@ class AsyncDispatcher(Dispatcher):
         self._running -= 1
         self._tasks.pop(key, None)
         self.client.cancelled_calls.discard(key)
-        if key in self._replied:
-            self._replied.discard(key)
-        else:  # cancelled before its first step: _invoke never ran
-            coro_name = f"{self.class_name}.{name}"
-            self.client.reply_fail(key[0], key[1], "TaskCancelledError",
-                                   f"{coro_name} was cancelled")
+        if task.cancelled():
+            if key in self._cancel_answered:
+                self._cancel_answered.discard(key)
+            else:  # cancelled before its first step: _invoke never ran to answer
+                self.client.reply_fail(key[0], key[1], "TaskCancelledError",
+                                       f"{self.class_name}.{name} was cancelled")
         if self._queue:
             self._schedule()
